@@ -1,0 +1,159 @@
+//! Process assembly: open the store, check the master key, load the signing keys, bind
+//! the listener, serve until told to stop.
+//!
+//! `App::build` does everything that can fail before the first request (so a wrong
+//! master key or an unreachable database stops start-up with a clear message), and
+//! binds the listener so tests can read the port without sleeping.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::{Mode, Settings};
+use crate::domain::KeySet;
+use crate::secrets::{MasterKey, SecretHasher};
+use crate::store::{self, ConnectOptions, Store};
+use crate::token::KeyRing;
+
+/// Everything a request handler or CLI command needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Loaded signing keys.
+    pub keys: Arc<KeyRing>,
+    /// Effective settings.
+    pub settings: Arc<Settings>,
+    /// Keyed hash for agent secrets.
+    pub hasher: Arc<SecretHasher>,
+}
+
+/// Connection options from settings.
+pub fn connect_options(settings: &Settings, migrate: bool) -> ConnectOptions {
+    ConnectOptions {
+        max_connections: settings.database.max_connections,
+        busy_timeout: settings.database.busy_timeout,
+        acquire_timeout: settings.database.acquire_timeout,
+        migrate,
+    }
+}
+
+/// The master key: configured, or (development mode only) generated under `data_dir`.
+pub fn resolve_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+    if let Some(encoded) = settings.configured_master_key()? {
+        return MasterKey::parse(&encoded).context("AIRLOCK_MASTER_KEY / master_key_file is not usable");
+    }
+    if settings.mode == Mode::Production {
+        anyhow::bail!(
+            "mode = \"production\" requires a master key: set AIRLOCK_MASTER_KEY_FILE to a file holding \
+             32 random bytes in base64 (e.g. `head -c32 /dev/urandom | base64 > master.key`), or AIRLOCK_MASTER_KEY"
+        );
+    }
+    let path = settings.data_dir.join("master.key");
+    let (key, created) = MasterKey::load_or_create(&path)?;
+    if created {
+        tracing::warn!(path = %path.display(), "generated a NEW MASTER KEY for development");
+        eprintln!(
+            "\n!!! Airlock generated a new master key at {} (mode 0600).\n\
+             !!! It encrypts every signing key. Back it up; without it this database is useless.\n\
+             !!! For production set mode = \"production\" and AIRLOCK_MASTER_KEY_FILE.\n",
+            path.display()
+        );
+    }
+    Ok(key)
+}
+
+/// Open the store, check the master key and load every key set.
+pub async fn open_state(settings: Settings, migrate: bool) -> anyhow::Result<AppState> {
+    let master = resolve_master_key(&settings)?;
+    let store = store::connect(&settings.database_url, &connect_options(&settings, migrate)).await?;
+    if !migrate {
+        store
+            .ready()
+            .await
+            .context("the database schema is not current")?;
+    }
+    let mut sets: Vec<KeySet> = settings
+        .environments
+        .keys()
+        .map(|e| KeySet::Environment(e.clone()))
+        .collect();
+    sets.push(KeySet::Session);
+    let keys = KeyRing::load(store.as_ref(), &master, &sets).await?;
+    Ok(AppState {
+        store,
+        keys: Arc::new(keys),
+        hasher: Arc::new(master.secret_hasher()),
+        settings: Arc::new(settings),
+    })
+}
+
+/// A built server: state ready, listener bound.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Prepare everything and bind `settings.listen`.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let listen = settings.listen.clone();
+        let state = open_state(settings, true).await?;
+        let listener = TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        Ok(App { listener, state })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (tests use its store).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until `shutdown` resolves, drain in-flight requests, close the pool.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let App { listener, state } = self;
+        let store = state.store.clone();
+        let router = crate::http::router(state);
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server error")?;
+        store.close().await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

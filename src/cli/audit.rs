@@ -1,0 +1,118 @@
+//! `airlock audit tail` and `airlock audit verify`.
+
+use std::process::ExitCode;
+
+use super::{Cli, init_logs, load_settings, print_json};
+use crate::app::connect_options;
+use crate::audit::Verifier;
+use crate::domain::AuditRecord;
+
+/// Audit trail commands.
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Print the most recent events.
+    Tail {
+        /// How many events.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+        /// One JSON object per event, in a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Walk the hash chain; exit 1 naming the first broken link.
+    Verify {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const PAGE: u32 = 1000;
+
+pub(super) async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(cli)?;
+    init_logs(cli, Some(&settings), "airlock=warn,sqlx=warn");
+    // Read-only: never migrate or create keys from an audit command.
+    let store = crate::store::connect(&settings.database_url, &connect_options(&settings, false)).await?;
+    let code = match cmd {
+        AuditCmd::Tail { lines, json } => {
+            let records = store.audit_tail((*lines).min(100_000)).await?;
+            if *json {
+                print_json(&records);
+            } else {
+                for r in &records {
+                    println!("{}", line(r));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        AuditCmd::Verify { json } => {
+            let mut verifier = Verifier::default();
+            let mut after = 0;
+            let mut broken = None;
+            'pages: loop {
+                let page = store.audit_page(after, PAGE).await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for r in &page {
+                    if let Err(e) = verifier.check(r) {
+                        broken = Some(e);
+                        break 'pages;
+                    }
+                }
+            }
+            let result = match broken {
+                Some(e) => Err(e),
+                None => {
+                    let (head_seq, head_hash) = store.audit_head().await?;
+                    verifier
+                        .finish(head_seq, &head_hash)
+                        .map(|n| (n, head_seq, head_hash))
+                }
+            };
+            match (result, json) {
+                (Ok((n, seq, hash)), true) => {
+                    print_json(
+                        &serde_json::json!({ "ok": true, "events": n, "head_seq": seq, "head_hash": hex::encode(hash) }),
+                    );
+                    ExitCode::SUCCESS
+                }
+                (Ok((n, seq, hash)), false) => {
+                    println!(
+                        "audit chain intact: {n} events, head #{seq} {}",
+                        hex::encode(hash)
+                    );
+                    ExitCode::SUCCESS
+                }
+                (Err(e), true) => {
+                    print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }));
+                    ExitCode::FAILURE
+                }
+                (Err(e), false) => {
+                    eprintln!("audit chain BROKEN: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    };
+    store.close().await;
+    Ok(code)
+}
+
+fn line(r: &AuditRecord) -> String {
+    let e = &r.event;
+    let time = e
+        .time
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    format!(
+        "#{:<6} {time} {:<26} {:<8} env={} actor={} subject={} {}",
+        r.seq,
+        e.kind,
+        e.outcome.as_str(),
+        e.environment.as_deref().unwrap_or("-"),
+        e.actor,
+        e.subject.as_deref().unwrap_or("-"),
+        e.details
+    )
+}

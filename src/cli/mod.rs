@@ -1,0 +1,132 @@
+//! The command line: one binary for the server and every client command.
+//!
+//! Commands that print data take `--json`; every failure exits non-zero with a message
+//! on standard error that says what to do. Commands that change state write audit
+//! events with actor `cli:<user>`.
+
+mod agent;
+mod audit;
+mod config;
+mod run;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{LogFormat, Settings, Sources};
+
+/// Airlock: short-lived, environment-scoped credentials with human sign-off.
+#[derive(Parser, Debug)]
+#[command(name = "airlock", version, about)]
+pub struct Cli {
+    /// Extra config file layered over the built-in defaults.
+    #[arg(long, env = "AIRLOCK_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Database URL (sqlite://PATH or postgres://...); overrides the config.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database: Option<String>,
+    /// Log format (default: from the config, pretty).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(serve::ServeArgs),
+    /// Apply pending database migrations, then exit.
+    Migrate,
+    /// Exit 0 if the local server answers /healthz (for Docker HEALTHCHECK).
+    Healthcheck(serve::HealthArgs),
+    /// Check or show the configuration.
+    #[command(subcommand)]
+    Config(config::ConfigCmd),
+    /// Manage agents and fetch their tokens.
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
+    /// Read and verify the audit trail.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+}
+
+/// Run the parsed command; the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let result = match &cli.command {
+        Command::Serve(args) => serve::serve(&cli, args).await,
+        Command::Migrate => serve::migrate(&cli).await,
+        Command::Healthcheck(args) => serve::healthcheck(&cli, args).await,
+        Command::Config(cmd) => config::run(&cli, cmd),
+        Command::Agent(cmd) => agent::run(&cli, cmd).await,
+        Command::Audit(cmd) => audit::run(&cli, cmd).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Load settings for commands that need them, applying `--database`.
+pub(crate) fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+    for var in crate::config::unexpected_env_vars() {
+        eprintln!("warning: {var} is not an Airlock setting and is ignored (typo?)");
+    }
+    let mut settings = Settings::load(&Sources {
+        file: cli.config.clone(),
+        env: true,
+    })?;
+    if let Some(db) = &cli.database {
+        settings.database_url = db.clone();
+        settings.validate()?;
+    }
+    Ok(settings)
+}
+
+/// Start logging for commands that log.
+pub(crate) fn init_logs(cli: &Cli, settings: Option<&Settings>, default_filter: &str) {
+    let format = cli
+        .log_format
+        .or(settings.map(|s| s.log_format))
+        .unwrap_or(LogFormat::Pretty);
+    crate::telemetry::init(format, default_filter);
+}
+
+/// The audit actor for CLI commands: `cli:<login name>`.
+pub(crate) fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let user: String = user
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.@".contains(*c))
+        .take(64)
+        .collect();
+    format!("cli:{user}")
+}
+
+/// Print JSON to standard output.
+pub(crate) fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot encode JSON: {e}"),
+    }
+}

@@ -1,0 +1,141 @@
+//! `airlock agent run`: fetch a token, start the command with it, keep it fresh.
+//!
+//! The child gets `AIRLOCK_TOKEN` (the first token), `AIRLOCK_TOKEN_FILE` (a 0600 file
+//! in a 0700 directory, rewritten atomically before each expiry) and `AIRLOCK_ENV`.
+//! SECURITY: the agent's secret is removed from the child's environment, and the
+//! token directory is deleted when the runner exits.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::time::{Instant, sleep_until};
+
+use super::agent::FetchArgs;
+use crate::client::{FetchedToken, TokenClient};
+
+/// When to refresh a token that lives `expires_in` seconds: at two thirds of its life.
+fn refresh_after(expires_in: u64) -> Duration {
+    Duration::from_millis((expires_in.max(3) * 1000) * 2 / 3)
+}
+
+pub(super) async fn run(args: &FetchArgs, command: &[String]) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init(crate::config::LogFormat::Pretty, "airlock=info");
+    let client = args.client()?;
+    let first = match client.fetch().await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot start {}: {e}", command[0]);
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    let dir = token_dir()?;
+    let token_file = dir.path().join("token");
+    write_token(&token_file, &first)?;
+
+    let mut child = tokio::process::Command::new(&command[0]);
+    child
+        .args(&command[1..])
+        .env("AIRLOCK_TOKEN", first.access_token.expose_secret())
+        .env("AIRLOCK_TOKEN_FILE", &token_file)
+        .env("AIRLOCK_ENV", &args.env)
+        // SECURITY: the agent's own credential never reaches the child.
+        .env_remove("AIRLOCK_CLIENT_SECRET");
+    let mut child = child
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", command[0]))?;
+    let pid = child.id();
+
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut refresh_at = Instant::now() + refresh_after(first.expires_in);
+    let mut expires_at = Instant::now() + Duration::from_secs(first.expires_in);
+
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            _ = sigint.recv() => forward(pid, nix::sys::signal::Signal::SIGINT),
+            _ = sigterm.recv() => forward(pid, nix::sys::signal::Signal::SIGTERM),
+            _ = sleep_until(refresh_at) => {
+                match refresh(&client, &token_file).await {
+                    Ok(t) => {
+                        refresh_at = Instant::now() + refresh_after(t.expires_in);
+                        expires_at = Instant::now() + Duration::from_secs(t.expires_in);
+                        tracing::info!(expires_in = t.expires_in, "token refreshed");
+                    }
+                    Err(e) => {
+                        let left = expires_at.saturating_duration_since(Instant::now());
+                        let retry = (left / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                        tracing::warn!(error = %e, retry_in = ?retry, token_left = ?left, "token refresh failed");
+                        refresh_at = Instant::now() + retry;
+                    }
+                }
+            }
+        }
+    };
+    drop(dir);
+    Ok(exit_code(status))
+}
+
+async fn refresh(client: &TokenClient, path: &Path) -> anyhow::Result<FetchedToken> {
+    let t = client.fetch().await?;
+    write_token(path, &t)?;
+    Ok(t)
+}
+
+fn forward(pid: Option<u32>, signal: nix::sys::signal::Signal) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+#[cfg(unix)]
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
+        (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// A private directory for the token file.
+fn token_dir() -> anyhow::Result<tempfile::TempDir> {
+    let base: PathBuf = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    // tempfile creates the directory with mode 0700.
+    tempfile::Builder::new()
+        .prefix("airlock-token-")
+        .tempdir_in(base)
+        .map_err(|e| anyhow::anyhow!("cannot create a private directory for the token: {e}"))
+}
+
+/// Write the token to a 0600 temporary file beside `path` and rename it into place, so
+/// a reader never sees a half-written token.
+fn write_token(path: &Path, token: &FetchedToken) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".token-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir)?;
+    tmp.write_all(token.access_token.expose_secret().as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write the token file: {}", e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_refreshed_well_before_expiry() {
+        assert_eq!(refresh_after(600), Duration::from_secs(400));
+        assert!(refresh_after(0) >= Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,651 @@
+//! Settings: layered loading, validation and secret handling.
+//!
+//! Layers, each overriding the one before: the built-in `config/default.toml` (compiled
+//! into the binary so `airlock serve` works from any directory), then the operator's file
+//! (`--config FILE` / `AIRLOCK_CONFIG`), then `AIRLOCK_*` environment variables with `__`
+//! between nested keys (`AIRLOCK_ENVIRONMENTS__PROD__MAX_TTL=10m`). Every secret can also
+//! come from a file named by `*_FILE` (`AIRLOCK_MASTER_KEY_FILE`, `AIRLOCK_DATABASE_URL_FILE`).
+//!
+//! [`Settings::validate`] enforces the rules that keep DESIGN.md's invariants true at
+//! start-up: a quorum of zero must never mean "no approval needed" (invariant 4), a
+//! production environment can never auto-approve (invariant 3), destructive scopes are
+//! never auto-approved (invariant 5), and no environment may issue long-lived tokens
+//! (invariant 6).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The configuration compiled into the binary: `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The longest `max_ttl` any environment may configure.
+pub const MAX_TTL_CEILING: Duration = Duration::from_secs(24 * 3600);
+
+/// Top-level keys an `AIRLOCK_*` variable may set. Anything else starting with
+/// `AIRLOCK_` that is not in [`NON_CONFIG_VARS`] is reported as a likely typo.
+const CONFIG_KEYS: &[&str] = &[
+    "mode",
+    "listen",
+    "public_url",
+    "database_url",
+    "database_url_file",
+    "data_dir",
+    "log_format",
+    "master_key",
+    "master_key_file",
+    "database",
+    "limits",
+    "scopes",
+    "environments",
+];
+
+/// `AIRLOCK_*` variables that are not configuration: they belong to the CLI, the agent
+/// runner's child processes, or the test suite.
+pub const NON_CONFIG_VARS: &[&str] = &[
+    "AIRLOCK_CONFIG",
+    "AIRLOCK_TOKEN",
+    "AIRLOCK_TOKEN_FILE",
+    "AIRLOCK_ENV",
+    "AIRLOCK_CLIENT_SECRET",
+    "AIRLOCK_SERVER",
+    "AIRLOCK_LISTEN",
+    "AIRLOCK_LOG",
+    "AIRLOCK_TEST_POSTGRES_URL",
+    "AIRLOCK_REQUIRE_POSTGRES",
+    "AIRLOCK_REQUIRE_BROWSER",
+];
+
+/// Whether the server runs with development conveniences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Generates a master key on first run if none is configured.
+    Development,
+    /// Refuses to start without an explicit master key.
+    Production,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured when the terminal supports it.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Whether an environment is production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// dev, staging and the like.
+    Nonprod,
+    /// Production: tokens only for prod-bound agents or approved grants.
+    Prod,
+}
+
+/// All settings of one Airlock process.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Development or production.
+    pub mode: Mode,
+    /// Address the HTTP server binds.
+    pub listen: String,
+    /// External base URL; issuers are `{public_url}/envs/{env}`.
+    pub public_url: String,
+    /// `sqlite://path` or `postgres://...`.
+    pub database_url: String,
+    /// File holding the database URL (for URLs carrying a password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_url_file: Option<PathBuf>,
+    /// Where development mode keeps its generated master key.
+    pub data_dir: PathBuf,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// 32-byte master key, base64 (standard or URL-safe alphabet).
+    #[serde(default, skip_serializing)]
+    pub master_key: Option<SecretString>,
+    /// File holding the master key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<PathBuf>,
+    /// Connection pool tuning.
+    pub database: DatabaseSettings,
+    /// Request size and time bounds.
+    pub limits: LimitSettings,
+    /// The scope catalogue.
+    pub scopes: BTreeMap<String, ScopeSettings>,
+    /// Environments by name.
+    pub environments: BTreeMap<String, EnvironmentSettings>,
+}
+
+/// Connection pool tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Pool size.
+    pub max_connections: u32,
+    /// SQLite lock wait before failing closed.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+    /// Pool acquire wait before failing closed.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+/// Request size and time bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest body the token endpoint reads.
+    pub max_body_bytes: usize,
+    /// Whole-request deadline.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// One scope of the catalogue.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeSettings {
+    /// Shown to people deciding on escalations.
+    #[serde(default)]
+    pub description: String,
+    /// Needs an approved grant in every environment.
+    #[serde(default)]
+    pub destructive: bool,
+}
+
+/// One environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentSettings {
+    /// prod or nonprod.
+    pub tier: Tier,
+    /// The `aud` of this environment's tokens; unique across environments.
+    pub audience: String,
+    /// Lifetime of a token when nothing shorter is asked for.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// No token of this environment lives longer.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Scopes of the catalogue offered here; absent means all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// Escalation policy.
+    pub approval: ApprovalSettings,
+}
+
+/// Escalation policy of one environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSettings {
+    /// Distinct approvers needed; at least 1.
+    pub quorum: u32,
+    /// Role whose holders may approve here.
+    pub approver_role: String,
+    /// How long a request may stay pending.
+    #[serde(with = "humantime_serde")]
+    pub pending_timeout: Duration,
+    /// Longest grant.
+    #[serde(with = "humantime_serde")]
+    pub max_grant_duration: Duration,
+    /// Approve non-destructive requests without a human (nonprod only).
+    pub auto_approve: bool,
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The layers could not be read or parsed.
+    #[error("cannot read configuration: {0}")]
+    Load(String),
+    /// The settings parse but break a rule.
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("mode", &self.mode)
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
+            .field("environments", &self.environments.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Replace the password of a URL with `***` for display.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Not a URL we can parse: show only the scheme, never the rest.
+        Err(_) => match url.split_once(':') {
+            Some((scheme, _)) => format!("{scheme}:[redacted]"),
+            None => "[redacted]".to_string(),
+        },
+    }
+}
+
+/// Where the layers come from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The operator's file, layered over the defaults.
+    pub file: Option<PathBuf>,
+    /// Read `AIRLOCK_*` variables from the process environment.
+    pub env: bool,
+}
+
+impl Settings {
+    /// Load every layer, resolve `*_FILE` secrets, and validate.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let mut settings = Self::load_unvalidated(sources)?;
+        settings.resolve_files()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Load the layers without resolving files or validating (for `config check`
+    /// to report problems in order).
+    pub fn load_unvalidated(sources: &Sources) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = &sources.file {
+            if !file.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        if sources.env {
+            figment = figment.merge(
+                Env::prefixed("AIRLOCK_")
+                    .split("__")
+                    .filter(|key| is_config_key(key.as_str())),
+            );
+        }
+        figment
+            .extract::<Settings>()
+            .map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    /// Read secrets that were given as files.
+    fn resolve_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.database_url_file {
+            self.database_url = read_secret_file(path, "database_url_file")?;
+        }
+        Ok(())
+    }
+
+    /// Check every rule; report all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.environments.is_empty() {
+            problems.push("no environments are defined; add at least one [environments.NAME] table".into());
+        }
+        match url::Url::parse(&self.public_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                if self.public_url.ends_with('/') {
+                    problems.push(format!(
+                        "public_url {:?} must not end with '/'; issuers are built as public_url + \"/envs/NAME\"",
+                        self.public_url
+                    ));
+                }
+                if self.mode == Mode::Production && u.scheme() != "https" {
+                    problems.push("public_url must use https when mode = \"production\"".into());
+                }
+            }
+            _ => problems.push(format!(
+                "public_url {:?} is not an http(s) URL; set it to the address clients use, e.g. https://airlock.example.com",
+                self.public_url
+            )),
+        }
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            problems.push(format!(
+                "database_url {} has an unsupported scheme; use sqlite://PATH or postgres://USER@HOST/DB",
+                redact_url(&self.database_url)
+            ));
+        }
+        if self.database.max_connections == 0 {
+            problems.push("database.max_connections must be at least 1".into());
+        }
+        if self.limits.max_body_bytes < 256 || self.limits.max_body_bytes > 1024 * 1024 {
+            problems.push("limits.max_body_bytes must be between 256 and 1048576".into());
+        }
+        if self.master_key.is_some() && self.master_key_file.is_some() {
+            problems.push("set either master_key or master_key_file, not both".into());
+        }
+        for name in self.scopes.keys() {
+            if !valid_scope_name(name) {
+                problems.push(format!(
+                    "scope {name:?} is not a valid scope name (letters, digits and ':_.-', 1-64 characters)"
+                ));
+            }
+        }
+        let mut audiences: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, env) in &self.environments {
+            let at = format!("environments.{name}");
+            if !valid_env_name(name) {
+                problems.push(format!(
+                    "{at}: environment names are 1-32 characters of a-z, 0-9 and '-', starting with a letter"
+                ));
+            }
+            if env.audience.trim().is_empty() {
+                problems.push(format!("{at}.audience must not be empty"));
+            } else if let Some(other) = audiences.insert(&env.audience, name) {
+                problems.push(format!(
+                    "{at}.audience {:?} is also the audience of environment {other:?}; every environment needs its own",
+                    env.audience
+                ));
+            }
+            if env.default_ttl.is_zero() {
+                problems.push(format!("{at}.default_ttl must be longer than zero"));
+            }
+            if env.max_ttl < env.default_ttl {
+                problems.push(format!(
+                    "{at}.max_ttl ({}) is below default_ttl ({}); raise max_ttl or lower default_ttl",
+                    humantime::format_duration(env.max_ttl),
+                    humantime::format_duration(env.default_ttl)
+                ));
+            }
+            if env.max_ttl > MAX_TTL_CEILING {
+                problems.push(format!(
+                    "{at}.max_ttl ({}) is above the 24h ceiling; Airlock issues short-lived tokens only",
+                    humantime::format_duration(env.max_ttl)
+                ));
+            }
+            if let Some(scopes) = &env.scopes {
+                for scope in scopes {
+                    if !self.scopes.contains_key(scope) {
+                        problems.push(format!(
+                            "{at}.scopes names unknown scope {scope:?}; define it under [scopes.\"{scope}\"] or remove it"
+                        ));
+                    }
+                }
+            }
+            let approval = &env.approval;
+            if approval.quorum < 1 {
+                problems.push(format!(
+                    "{at}.approval.quorum is {}; it must be at least 1 (a quorum of 0 would mean no approval at all)",
+                    approval.quorum
+                ));
+            }
+            if approval.auto_approve && env.tier == Tier::Prod {
+                problems.push(format!(
+                    "{at}.approval.auto_approve must be false: {name} is a prod-tier environment and production always needs a human"
+                ));
+            }
+            if approval.approver_role.trim().is_empty() {
+                problems.push(format!("{at}.approval.approver_role must not be empty"));
+            }
+            if approval.pending_timeout.is_zero() || approval.max_grant_duration.is_zero() {
+                problems.push(format!(
+                    "{at}.approval.pending_timeout and max_grant_duration must be longer than zero"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The environment named `name`, if configured.
+    pub fn environment(&self, name: &str) -> Option<&EnvironmentSettings> {
+        self.environments.get(name)
+    }
+
+    /// Scopes offered in `env` (the catalogue, or the environment's subset of it).
+    pub fn env_offers_scope(&self, env: &EnvironmentSettings, scope: &str) -> bool {
+        self.scopes.contains_key(scope)
+            && env
+                .scopes
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|s| s == scope))
+    }
+
+    /// The issuer of environment `name`.
+    pub fn issuer(&self, name: &str) -> String {
+        format!("{}/envs/{name}", self.public_url)
+    }
+
+    /// The effective settings as TOML with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
+        if let toml::Value::Table(t) = &mut value {
+            t.insert(
+                "database_url".into(),
+                toml::Value::String(redact_url(&self.database_url)),
+            );
+            if self.master_key.is_some() {
+                t.insert("master_key".into(), toml::Value::String("[redacted]".into()));
+            }
+        }
+        toml::to_string_pretty(&value).unwrap_or_default()
+    }
+
+    /// The effective settings as JSON with secrets redacted.
+    pub fn to_redacted_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = value.as_object_mut() {
+            o.insert("database_url".into(), redact_url(&self.database_url).into());
+            if self.master_key.is_some() {
+                o.insert("master_key".into(), "[redacted]".into());
+            }
+        }
+        value
+    }
+
+    /// The master key material as configured, if any (inline or from its file).
+    pub fn configured_master_key(&self) -> Result<Option<SecretString>, ConfigError> {
+        if let Some(k) = &self.master_key {
+            return Ok(Some(SecretString::from(k.expose_secret().trim().to_string())));
+        }
+        if let Some(path) = &self.master_key_file {
+            return Ok(Some(SecretString::from(read_secret_file(
+                path,
+                "master_key_file",
+            )?)));
+        }
+        Ok(None)
+    }
+}
+
+fn read_secret_file(path: &Path, what: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| ConfigError::Load(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+fn is_config_key(key: &str) -> bool {
+    // figment may hand us the key before or after `__` is turned into `.`.
+    let top = key.split("__").next().unwrap_or_default();
+    let top = top.split('.').next().unwrap_or_default().to_ascii_lowercase();
+    CONFIG_KEYS.contains(&top.as_str())
+}
+
+/// `AIRLOCK_*` variables that are neither configuration nor known to the CLI: likely typos.
+pub fn unexpected_env_vars() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("AIRLOCK_"))
+        .filter(|k| !NON_CONFIG_VARS.contains(&k.as_str()))
+        .filter(|k| {
+            let rest = k["AIRLOCK_".len()..].to_ascii_lowercase();
+            let top = rest.split("__").next().unwrap_or_default().to_string();
+            !CONFIG_KEYS.contains(&top.as_str())
+        })
+        .collect()
+}
+
+/// Environment names: 1-32 of `a-z0-9-`, starting with a letter.
+pub fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Scope names: 1-64 of letters, digits and `:_.-` (a subset of RFC 6749's scope-token).
+pub fn valid_scope_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(extra: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("extra.toml");
+        std::fs::write(&path, extra).unwrap();
+        Settings::load(&Sources {
+            file: Some(path),
+            env: false,
+        })
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        match load_with(extra) {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_default_configuration_is_valid() {
+        let s = Settings::load(&Sources::default()).unwrap();
+        assert_eq!(s.environments.len(), 3);
+        assert_eq!(s.environments["prod"].tier, Tier::Prod);
+        assert!(s.scopes["db:drop"].destructive);
+        assert!(s.scopes["volume:delete"].destructive);
+        assert!(!s.scopes["db:read"].destructive);
+        // prod has the shortest lifetimes
+        let prod = &s.environments["prod"];
+        for env in s.environments.values() {
+            assert!(prod.max_ttl <= env.max_ttl);
+            assert!(prod.default_ttl <= env.default_ttl);
+        }
+    }
+
+    #[test]
+    fn max_ttl_below_default_ttl_is_refused() {
+        let p = problems("[environments.dev]\ndefault_ttl = \"30m\"\nmax_ttl = \"10m\"\n");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("environments.dev.max_ttl") && m.contains("below default_ttl")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn max_ttl_above_a_day_is_refused() {
+        let p = problems("[environments.dev]\nmax_ttl = \"25h\"\n");
+        assert!(p.iter().any(|m| m.contains("24h ceiling")), "{p:?}");
+    }
+
+    #[test]
+    fn auto_approval_in_prod_is_refused() {
+        let p = problems("[environments.prod.approval]\nauto_approve = true\n");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("environments.prod.approval.auto_approve")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_quorum_of_zero_is_refused() {
+        let p = problems("[environments.staging.approval]\nquorum = 0\n");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("quorum is 0") && m.contains("at least 1")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_scope_in_an_environment_is_refused() {
+        let p = problems("[environments.dev]\nscopes = [\"db:read\", \"db:nuke\"]\n");
+        assert!(p.iter().any(|m| m.contains("unknown scope \"db:nuke\"")), "{p:?}");
+    }
+
+    #[test]
+    fn an_environment_without_required_fields_is_refused() {
+        match load_with("[environments.qa]\ntier = \"nonprod\"\n") {
+            Err(ConfigError::Load(m)) => assert!(m.contains("missing field"), "{m}"),
+            other => panic!("expected a load error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        match load_with("[environments.dev]\nmax_tll = \"10m\"\n") {
+            Err(ConfigError::Load(m)) => assert!(m.contains("max_tll"), "{m}"),
+            other => panic!("expected a load error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shared_audiences_are_refused() {
+        let p = problems("[environments.staging]\naudience = \"airlock:prod\"\n");
+        assert!(p.iter().any(|m| m.contains("also the audience")), "{p:?}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let p = problems(
+            "[environments.prod.approval]\nauto_approve = true\nquorum = 0\n[environments.dev]\nmax_ttl = \"1s\"\n",
+        );
+        assert!(p.len() >= 3, "{p:?}");
+    }
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:hunter2@db/x"), "postgres://u:***@db/x");
+        assert!(!redact_url("host=db password=hunter2").contains("hunter2"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn environment_variables_override_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("AIRLOCK_ENVIRONMENTS__PROD__MAX_TTL", "10m");
+            jail.set_env("AIRLOCK_LISTEN", "127.0.0.1:9999");
+            jail.set_env("AIRLOCK_TOKEN", "not config");
+            let s = Settings::load(&Sources {
+                file: None,
+                env: true,
+            })
+            .unwrap();
+            assert_eq!(s.environments["prod"].max_ttl, Duration::from_secs(600));
+            assert_eq!(s.listen, "127.0.0.1:9999");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,130 @@
+//! The only error types that become HTTP responses.
+//!
+//! `/v1` resources answer `{"error":{"code":..,"message":..}}`; OAuth endpoints answer
+//! RFC 6749 section 5.2 `{"error":..,"error_description":..}`. Internal failures are
+//! logged with their cause and answered with a fixed message: no internals on the wire.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::oauth::OAuthError;
+
+/// Errors of Airlock's own JSON resources.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 404 with a resource name.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 405.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 503: a dependency is down; fail closed.
+    #[error("service unavailable")]
+    Unavailable(&'static str),
+    /// 500: logged, never shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not allowed on this resource".into(),
+            ),
+            ApiError::Unavailable(why) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", (*why).to_string())
+            }
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(e) = &self {
+            tracing::error!(error = ?e, "internal error");
+        }
+        let (status, code, message) = self.parts();
+        (
+            status,
+            Json(json!({ "error": { "code": code, "message": message } })),
+        )
+            .into_response()
+    }
+}
+
+impl OAuthError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            OAuthError::InvalidRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.clone()),
+            OAuthError::InvalidClient => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed".into(),
+            ),
+            OAuthError::InvalidScope(m) => (StatusCode::BAD_REQUEST, "invalid_scope", m.clone()),
+            OAuthError::UnsupportedGrantType(g) => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type '{g}' is not supported here; use client_credentials"),
+            ),
+            OAuthError::AccessDenied(m) => (StatusCode::FORBIDDEN, "access_denied", m.clone()),
+            OAuthError::UnknownEnvironment(e) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request",
+                format!("no environment named '{e}'"),
+            ),
+            OAuthError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the decision could not be recorded; nothing was issued; retry shortly".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let (status, code, description) = self.parts();
+        let mut response = (
+            status,
+            Json(json!({ "error": code, "error_description": description })),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="airlock", error="invalid_client""#),
+            );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// An OAuth-shaped error with an explicit status (413, 415, 405 at OAuth endpoints).
+pub fn oauth_status(status: StatusCode, description: &str) -> Response {
+    let mut response = (
+        status,
+        Json(json!({ "error": "invalid_request", "error_description": description })),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,103 @@
+//! HTTP: routes and the layers around them.
+//!
+//! Only this module imports axum. Handlers are thin: they parse, call library
+//! functions (`oauth`, `agents`), and map errors through `error.rs`.
+//!
+//! SECURITY: the request span records the matched route template, never the raw URI
+//! or headers, so query strings and `Authorization` never reach the logs.
+
+mod discovery;
+pub mod error;
+mod health;
+mod tokens;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::app::AppState;
+use error::{ApiError, oauth_status};
+
+/// Largest body any route accepts; the token endpoint applies its own, smaller limit.
+const GLOBAL_BODY_LIMIT: usize = 64 * 1024;
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let timeout: Duration = state.settings.limits.request_timeout;
+    Router::new()
+        .merge(health::router())
+        .merge(discovery::router())
+        .merge(tokens::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        // Bounds every body extractor; the token endpoint reads its body with its own, smaller limit.
+        .layer(axum::extract::DefaultBodyLimit::max(GLOBAL_BODY_LIMIT))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_else(|| "unmatched".into());
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    tracing::info_span!("request", method = %req.method(), route = %route, request_id = %id)
+                }))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+                }))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    timeout,
+                ))
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                )),
+        )
+}
+
+async fn not_found(uri: Uri) -> Response {
+    if is_oauth_path(uri.path()) {
+        oauth_status(StatusCode::NOT_FOUND, "no such endpoint")
+    } else {
+        ApiError::NotFound("resource").into_response()
+    }
+}
+
+async fn method_not_allowed(uri: Uri) -> Response {
+    if is_oauth_path(uri.path()) {
+        let mut r = oauth_status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this endpoint does not take that method",
+        );
+        if uri.path().ends_with("/token") {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        r
+    } else {
+        ApiError::MethodNotAllowed.into_response()
+    }
+}
+
+fn is_oauth_path(path: &str) -> bool {
+    path.starts_with("/envs/") || path.starts_with("/.well-known/") || path.starts_with("/oauth/")
+}

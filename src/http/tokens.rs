@@ -1,0 +1,219 @@
+//! `POST /envs/{env}/token`: RFC 6749 token endpoint of one environment.
+//!
+//! The request is parsed by hand so every malformed input gets an RFC 6749 answer
+//! (never an extractor's plain-text rejection): the body is bounded, the content type
+//! must be form-encoded, parameters may not repeat (section 3.2), and a client may use
+//! one authentication method only (section 2.3).
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use secrecy::SecretString;
+
+use super::error::oauth_status;
+use crate::app::AppState;
+use crate::oauth::{self, ClientCredentials, MAX_CREDENTIAL_LEN, OAuthError};
+
+/// Token routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/envs/{env}/token", post(issue_token))
+}
+
+/// Parameters we read; others are ignored as RFC 6749 section 3.2 requires.
+#[derive(Default)]
+struct TokenParams {
+    grant_type: Option<String>,
+    scope: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<SecretString>,
+}
+
+async fn issue_token(
+    State(state): State<AppState>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if state.settings.environment(&env).is_none() {
+        return OAuthError::UnknownEnvironment(env.chars().take(64).collect()).into_response();
+    }
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form {
+        return oauth_status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the token endpoint takes application/x-www-form-urlencoded",
+        );
+    }
+    let limit = state.settings.limits.max_body_bytes;
+    let bytes = match to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return oauth_status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than {limit} bytes"),
+            );
+        }
+    };
+    match token_request(&state, &env, &headers, &bytes).await {
+        Ok(tokens) => {
+            let mut r = Json(tokens).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.headers_mut()
+                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn token_request(
+    state: &AppState,
+    env: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<oauth::TokenResponse, OAuthError> {
+    let params = match parse_params(body) {
+        Ok(p) => p,
+        Err(e) => return Err(oauth::refuse_request(state, env, e).await),
+    };
+    let grant_type = match params.grant_type.as_deref() {
+        None => {
+            let e = OAuthError::InvalidRequest("grant_type is required".into());
+            return Err(oauth::refuse_request(state, env, e).await);
+        }
+        Some("client_credentials") => "client_credentials",
+        Some(other) => {
+            let e = OAuthError::UnsupportedGrantType(other.chars().take(64).collect());
+            return Err(oauth::refuse_request(state, env, e).await);
+        }
+    };
+    debug_assert_eq!(grant_type, "client_credentials");
+    let creds = match client_credentials(headers, params.client_id, params.client_secret) {
+        Ok(Some(c)) => c,
+        // No credentials at all, or a non-Basic Authorization scheme: authentication failed.
+        Ok(None) => {
+            return Err(oauth::refuse_request(state, env, OAuthError::InvalidClient).await);
+        }
+        Err(e) => return Err(oauth::refuse_request(state, env, e).await),
+    };
+    oauth::client_credentials(state, env, creds, params.scope.as_deref()).await
+}
+
+fn parse_params(body: &[u8]) -> Result<TokenParams, OAuthError> {
+    let mut p = TokenParams::default();
+    let mut seen: Vec<String> = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(body) {
+        if seen.iter().any(|k| *k == key) {
+            return Err(OAuthError::InvalidRequest(format!(
+                "parameter '{}' appears more than once",
+                key.chars().take(32).collect::<String>()
+            )));
+        }
+        if seen.len() >= 32 {
+            return Err(OAuthError::InvalidRequest("too many parameters".into()));
+        }
+        seen.push(key.to_string());
+        match key.as_ref() {
+            "grant_type" => p.grant_type = Some(value.into_owned()),
+            "scope" => p.scope = Some(value.into_owned()),
+            "client_id" => p.client_id = Some(value.into_owned()),
+            "client_secret" => p.client_secret = Some(SecretString::from(value.into_owned())),
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// Credentials from `Authorization: Basic` (client_secret_basic) or the body
+/// (client_secret_post), never both.
+fn client_credentials(
+    headers: &HeaderMap,
+    body_id: Option<String>,
+    body_secret: Option<SecretString>,
+) -> Result<Option<ClientCredentials>, OAuthError> {
+    let basic = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let value = value.to_str().map_err(|_| OAuthError::InvalidClient)?;
+            let Some((scheme, rest)) = value.split_once(' ') else {
+                return Ok(None);
+            };
+            if !scheme.eq_ignore_ascii_case("basic") {
+                return Ok(None);
+            }
+            Some(decode_basic(rest.trim()).ok_or(OAuthError::InvalidClient)?)
+        }
+    };
+    match (basic, body_id, body_secret) {
+        (Some(_), _, Some(_)) => Err(OAuthError::InvalidRequest(
+            "use one client authentication method: Authorization: Basic or client_secret in the body, not both"
+                .into(),
+        )),
+        (Some((id, secret)), body_id, None) => {
+            // RFC 6749 allows client_id in the body alongside Basic; it must then agree.
+            if body_id.is_some_and(|b| b != id) {
+                return Err(OAuthError::InvalidRequest("client_id disagrees with the Authorization header".into()));
+            }
+            Ok(Some(ClientCredentials { client_id: id, client_secret: secret }))
+        }
+        (None, Some(id), Some(secret)) => {
+            if id.len() > MAX_CREDENTIAL_LEN {
+                return Err(OAuthError::InvalidClient);
+            }
+            Ok(Some(ClientCredentials { client_id: id, client_secret: secret }))
+        }
+        (None, _, _) => Ok(None),
+    }
+}
+
+/// Decode `base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 section 2.3.1).
+fn decode_basic(encoded: &str) -> Option<(String, SecretString)> {
+    if encoded.len() > 4 * MAX_CREDENTIAL_LEN {
+        return None;
+    }
+    let raw = zeroize::Zeroizing::new(STANDARD.decode(encoded).ok()?);
+    let text = std::str::from_utf8(&raw).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let decode = |s: &str| -> Option<String> {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    let id = decode(id)?;
+    let secret = decode(secret)?;
+    if id.is_empty() || id.len() > MAX_CREDENTIAL_LEN || secret.len() > MAX_CREDENTIAL_LEN {
+        return None;
+    }
+    Some((id, SecretString::from(secret)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let (id, secret) = decode_basic(&STANDARD.encode("agt_x:a%2Bb%3Ac")).unwrap();
+        assert_eq!(id, "agt_x");
+        assert_eq!(secret.expose_secret(), "a+b:c");
+        assert!(decode_basic("!!!").is_none());
+        assert!(decode_basic(&STANDARD.encode("no-colon")).is_none());
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        assert!(parse_params(b"grant_type=a&grant_type=b").is_err());
+        assert!(parse_params(b"grant_type=a&scope=b").is_ok());
+    }
+}

@@ -1,0 +1,219 @@
+//! The token endpoint's decisions (RFC 6749), independent of HTTP.
+//!
+//! Every decision made here, issuance or refusal, is written to the audit trail and
+//! committed before the answer exists (invariant 7). If the audit write fails the
+//! caller gets `temporarily_unavailable` and the token that was signed is dropped
+//! unseen.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::domain::{Agent, NewAuditEvent, Outcome, looks_like_client_id, now};
+use crate::policy::{self, AuthFailure};
+use crate::store::StoreError;
+use crate::token::{self, AccessClaims};
+
+/// Longest client id or secret read from a request.
+pub const MAX_CREDENTIAL_LEN: usize = 256;
+
+/// An RFC 6749 section 5.2 error, plus the HTTP-level ones the endpoint can answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OAuthError {
+    /// `invalid_request` (400).
+    InvalidRequest(String),
+    /// `invalid_client` (401). Never says why.
+    InvalidClient,
+    /// `invalid_scope` (400).
+    InvalidScope(String),
+    /// `unsupported_grant_type` (400).
+    UnsupportedGrantType(String),
+    /// `access_denied` (403).
+    AccessDenied(String),
+    /// Unknown environment (404, in the OAuth shape).
+    UnknownEnvironment(String),
+    /// `temporarily_unavailable` (503): the decision could not be recorded.
+    Unavailable,
+}
+
+/// A successful token response (RFC 6749 section 5.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenResponse {
+    /// The JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until expiry.
+    pub expires_in: u64,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+}
+
+/// Client credentials as presented, by either method.
+pub struct ClientCredentials {
+    /// As presented; untrusted.
+    pub client_id: String,
+    /// As presented.
+    pub client_secret: SecretString,
+}
+
+/// Record a refusal; if even that cannot be recorded, the answer becomes 503.
+async fn refuse(state: &AppState, event: NewAuditEvent, error: OAuthError) -> OAuthError {
+    match state.store.append_audit(event).await {
+        Ok(_) => error,
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot record a refusal; failing closed");
+            OAuthError::Unavailable
+        }
+    }
+}
+
+/// The audited refusal of a request that never reached client authentication.
+pub async fn refuse_request(state: &AppState, env: &str, error: OAuthError) -> OAuthError {
+    let reason = match &error {
+        OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
+        _ => "invalid_request",
+    };
+    let event = NewAuditEvent::new("token.refused", "anonymous", Outcome::Refused)
+        .env(env)
+        .detail("reason", reason);
+    refuse(state, event, error).await
+}
+
+/// `grant_type=client_credentials` at environment `env_name`.
+pub async fn client_credentials(
+    state: &AppState,
+    env_name: &str,
+    creds: ClientCredentials,
+    scope: Option<&str>,
+) -> Result<TokenResponse, OAuthError> {
+    let env = state
+        .settings
+        .environment(env_name)
+        .ok_or_else(|| OAuthError::UnknownEnvironment(env_name.to_string()))?;
+
+    // Authenticate. Look-up failures other than "not found" fail closed.
+    let agent: Option<Agent> = match state.store.agent_by_client_id(&creds.client_id).await {
+        Ok(a) => Some(a),
+        Err(StoreError::NotFound) => None,
+        Err(e) => {
+            tracing::error!(error = ?e, "agent look-up failed");
+            return Err(OAuthError::Unavailable);
+        }
+    };
+    // SECURITY: hash even for unknown clients so timing does not tell them apart.
+    const DUMMY: [u8; 32] = [0u8; 32];
+    let stored = agent.as_ref().map(|a| a.secret_hash.as_slice()).unwrap_or(&DUMMY);
+    let secret_ok = state
+        .hasher
+        .verify(&creds.client_id, creds.client_secret.expose_secret(), stored)
+        && agent.is_some();
+    if let Err(failure) = policy::authenticate_agent(agent.as_ref(), secret_ok, env_name) {
+        tracing::debug!(
+            reason = failure.reason(),
+            env = env_name,
+            "client authentication failed"
+        );
+        let event = auth_failure_event(env_name, &creds.client_id, agent.as_ref(), failure);
+        return Err(refuse(state, event, OAuthError::InvalidClient).await);
+    }
+    let agent = agent.expect("authenticated agents exist");
+    let actor = format!("agent:{}", agent.client_id);
+
+    let scopes = match policy::agent_scopes(&state.settings, env, &agent, scope) {
+        Ok(s) => s,
+        Err(refusal) => {
+            let event = NewAuditEvent::new("token.refused", actor, Outcome::Refused)
+                .env(env_name)
+                .subject(agent.client_id.clone())
+                .detail("reason", refusal.reason())
+                .detail(
+                    "requested",
+                    scope.map(|s| s.chars().take(512).collect::<String>()),
+                );
+            return Err(refuse(
+                state,
+                event,
+                OAuthError::InvalidScope(refusal.description(env_name)),
+            )
+            .await);
+        }
+    };
+
+    let lifetime = policy::token_lifetime(env);
+    let iat = now().unix_timestamp();
+    let claims = AccessClaims {
+        iss: state.settings.issuer(env_name),
+        sub: agent.client_id.clone(),
+        aud: env.audience.clone(),
+        client_id: agent.client_id.clone(),
+        scope: scopes.join(" "),
+        env: env_name.to_string(),
+        iat,
+        nbf: iat,
+        exp: iat + lifetime.as_secs() as i64,
+        jti: Uuid::new_v4().to_string(),
+    };
+    let signer = state
+        .keys
+        .signer(&crate::domain::KeySet::Environment(env_name.to_string()))
+        .ok_or(OAuthError::Unavailable)?;
+    let access_token = token::sign(&signer, &claims).map_err(|e| {
+        tracing::error!(error = ?e, "signing failed");
+        OAuthError::Unavailable
+    })?;
+    let event = NewAuditEvent::new("token.issued", actor, Outcome::Success)
+        .env(env_name)
+        .subject(agent.client_id.clone())
+        .detail("jti", claims.jti.clone())
+        .detail("kid", signer.kid.clone())
+        .detail("scope", claims.scope.clone())
+        .detail("exp", claims.exp)
+        .detail("grant_type", "client_credentials");
+    // Invariant 7: no token leaves unless its audit event has committed.
+    if let Err(e) = state.store.append_audit(event).await {
+        tracing::error!(error = ?e, "cannot record an issuance; the token is discarded");
+        return Err(OAuthError::Unavailable);
+    }
+    tracing::info!(env = env_name, client_id = %agent.client_id, jti = %claims.jti, "token issued");
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: lifetime.as_secs(),
+        scope: claims.scope,
+    })
+}
+
+fn auth_failure_event(
+    env: &str,
+    presented: &str,
+    agent: Option<&Agent>,
+    failure: AuthFailure,
+) -> NewAuditEvent {
+    // SECURITY: only echo a presented id that has the shape of one, so a secret pasted
+    // into the client_id field never reaches the audit trail.
+    let presented = if looks_like_client_id(presented) {
+        presented.to_string()
+    } else {
+        "[malformed]".into()
+    };
+    match (failure, agent) {
+        (AuthFailure::CrossEnvironment, Some(agent)) => {
+            tracing::warn!(client_id = %agent.client_id, agent_env = %agent.environment, env, "cross-environment credential use");
+            NewAuditEvent::new(
+                "cross_environment_attempt",
+                format!("agent:{}", agent.client_id),
+                Outcome::Refused,
+            )
+            .env(env)
+            .subject(agent.client_id.clone())
+            .detail("agent_environment", agent.environment.clone())
+            .detail("reason", failure.reason())
+        }
+        _ => NewAuditEvent::new("token.refused", "anonymous", Outcome::Refused)
+            .env(env)
+            .subject(presented)
+            .detail("reason", failure.reason()),
+    }
+}

@@ -1,0 +1,265 @@
+//! Pure policy decisions: who may have which token for how long. No I/O.
+//!
+//! Invariant 2 (bound agents) is [`authenticate_agent`]: an agent authenticates only at
+//! its own environment. Invariant 5 (destructive scopes are gated) is
+//! [`agent_scopes`]: a destructive scope is never granted by this path. Invariant 6
+//! (short life) is [`token_lifetime`].
+
+use std::time::Duration;
+
+use crate::config::{EnvironmentSettings, Settings};
+use crate::domain::Agent;
+
+/// Most scopes one request may name.
+pub const MAX_SCOPES_PER_REQUEST: usize = 32;
+
+/// Why a client could not authenticate. Every variant answers the caller the same way
+/// (`401 invalid_client`); the distinction is for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No such client.
+    UnknownClient,
+    /// The secret did not match.
+    BadSecret,
+    /// The agent is disabled.
+    Disabled,
+    /// Correct credentials of another environment's agent: a security event.
+    CrossEnvironment,
+}
+
+impl AuthFailure {
+    /// Reason recorded in the audit trail.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::UnknownClient => "unknown_client",
+            AuthFailure::BadSecret => "bad_secret",
+            AuthFailure::Disabled => "disabled",
+            AuthFailure::CrossEnvironment => "cross_environment",
+        }
+    }
+}
+
+/// Decide whether `agent` (if it exists) with a secret that did or did not verify may
+/// authenticate at environment `env`.
+pub fn authenticate_agent(agent: Option<&Agent>, secret_ok: bool, env: &str) -> Result<(), AuthFailure> {
+    let agent = agent.ok_or(AuthFailure::UnknownClient)?;
+    if !secret_ok {
+        return Err(AuthFailure::BadSecret);
+    }
+    if agent.environment != env {
+        return Err(AuthFailure::CrossEnvironment);
+    }
+    if agent.disabled {
+        return Err(AuthFailure::Disabled);
+    }
+    Ok(())
+}
+
+/// Why requested scopes were refused (`400 invalid_scope`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeRefusal {
+    /// Not a well-formed scope list.
+    Malformed,
+    /// Not in the catalogue, or not offered in this environment.
+    Unknown(String),
+    /// Marked destructive: needs an approved escalation.
+    Destructive(String),
+    /// Not among the agent's allowed scopes.
+    NotAllowed(String),
+    /// Nothing asked and nothing configured as default.
+    NoneRequested,
+}
+
+impl ScopeRefusal {
+    /// `error_description` for the caller. Safe to show: it names only scopes.
+    pub fn description(&self, env: &str) -> String {
+        match self {
+            ScopeRefusal::Malformed => format!(
+                "the scope parameter must be at most {MAX_SCOPES_PER_REQUEST} space-separated scope names"
+            ),
+            ScopeRefusal::Unknown(s) => format!("scope '{s}' does not exist in environment '{env}'"),
+            ScopeRefusal::Destructive(s) => format!(
+                "scope '{s}' is destructive and requires an approved escalation \
+                 (airlock escalate --env {env} --scope {s} --reason ...)"
+            ),
+            ScopeRefusal::NotAllowed(s) => format!("this client is not allowed scope '{s}'"),
+            ScopeRefusal::NoneRequested => {
+                "no scope was requested and this client has no default scopes".to_string()
+            }
+        }
+    }
+
+    /// Reason recorded in the audit trail.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ScopeRefusal::Malformed => "malformed_scope",
+            ScopeRefusal::Unknown(_) => "unknown_scope",
+            ScopeRefusal::Destructive(_) => "destructive_scope_needs_escalation",
+            ScopeRefusal::NotAllowed(_) => "scope_not_allowed",
+            ScopeRefusal::NoneRequested => "no_scope",
+        }
+    }
+}
+
+/// Parse an RFC 6749 `scope` parameter: space-separated, duplicates dropped, order kept.
+pub fn parse_scope_param(raw: &str) -> Result<Vec<String>, ScopeRefusal> {
+    let mut out: Vec<String> = Vec::new();
+    for token in raw.split(' ').filter(|t| !t.is_empty()) {
+        // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        if !token
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        {
+            return Err(ScopeRefusal::Malformed);
+        }
+        if !out.iter().any(|s| s == token) {
+            out.push(token.to_string());
+        }
+        if out.len() > MAX_SCOPES_PER_REQUEST {
+            return Err(ScopeRefusal::Malformed);
+        }
+    }
+    Ok(out)
+}
+
+/// The scopes an agent gets at its environment for a request (`None`: no `scope` parameter).
+pub fn agent_scopes(
+    settings: &Settings,
+    env: &EnvironmentSettings,
+    agent: &Agent,
+    requested: Option<&str>,
+) -> Result<Vec<String>, ScopeRefusal> {
+    let wanted = match requested {
+        Some(raw) => parse_scope_param(raw)?,
+        None => agent.default_scopes.clone(),
+    };
+    if wanted.is_empty() {
+        return Err(ScopeRefusal::NoneRequested);
+    }
+    for scope in &wanted {
+        if !settings.env_offers_scope(env, scope) {
+            return Err(ScopeRefusal::Unknown(scope.clone()));
+        }
+        // SECURITY: checked before the agent's own list, so a destructive scope is refused
+        // as destructive even for an agent registered with it (invariant 5).
+        if settings.scopes[scope].destructive {
+            return Err(ScopeRefusal::Destructive(scope.clone()));
+        }
+        if !agent.allowed_scopes.iter().any(|a| a == scope) {
+            return Err(ScopeRefusal::NotAllowed(scope.clone()));
+        }
+    }
+    Ok(wanted)
+}
+
+/// Lifetime of a token in `env`: its default, never above its maximum (invariant 6).
+pub fn token_lifetime(env: &EnvironmentSettings) -> Duration {
+    env.default_ttl.min(env.max_ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+
+    fn settings() -> Settings {
+        Settings::load(&Sources::default()).unwrap()
+    }
+
+    fn agent(env: &str, allowed: &[&str], defaults: &[&str]) -> Agent {
+        Agent {
+            id: uuid::Uuid::new_v4(),
+            client_id: crate::domain::new_client_id(),
+            name: "bot".into(),
+            environment: env.into(),
+            allowed_scopes: allowed.iter().map(|s| s.to_string()).collect(),
+            default_scopes: defaults.iter().map(|s| s.to_string()).collect(),
+            disabled: false,
+            created_at: crate::domain::now(),
+            updated_at: crate::domain::now(),
+            secret_hash: vec![],
+        }
+    }
+
+    #[test]
+    fn an_agent_authenticates_only_at_its_own_environment() {
+        let a = agent("staging", &["db:read"], &[]);
+        assert_eq!(authenticate_agent(Some(&a), true, "staging"), Ok(()));
+        for other in ["dev", "prod", "Staging", "staging ", ""] {
+            assert_eq!(
+                authenticate_agent(Some(&a), true, other),
+                Err(AuthFailure::CrossEnvironment)
+            );
+        }
+    }
+
+    #[test]
+    fn the_secret_is_checked_before_anything_else_is_revealed() {
+        let mut a = agent("staging", &[], &[]);
+        a.disabled = true;
+        // A wrong secret never reveals that the agent is disabled or lives elsewhere.
+        assert_eq!(
+            authenticate_agent(Some(&a), false, "prod"),
+            Err(AuthFailure::BadSecret)
+        );
+        assert_eq!(
+            authenticate_agent(Some(&a), true, "staging"),
+            Err(AuthFailure::Disabled)
+        );
+        assert_eq!(
+            authenticate_agent(None, true, "staging"),
+            Err(AuthFailure::UnknownClient)
+        );
+    }
+
+    #[test]
+    fn destructive_scopes_are_refused_even_when_allowed() {
+        let s = settings();
+        let a = agent("dev", &["db:read", "db:drop"], &["db:read"]);
+        let env = &s.environments["dev"];
+        assert_eq!(
+            agent_scopes(&s, env, &a, Some("db:read db:drop")),
+            Err(ScopeRefusal::Destructive("db:drop".into()))
+        );
+        assert_eq!(agent_scopes(&s, env, &a, None), Ok(vec!["db:read".to_string()]));
+    }
+
+    #[test]
+    fn unknown_and_unallowed_scopes_are_refused() {
+        let s = settings();
+        let a = agent("dev", &["db:read"], &[]);
+        let env = &s.environments["dev"];
+        assert_eq!(
+            agent_scopes(&s, env, &a, Some("db:nope")),
+            Err(ScopeRefusal::Unknown("db:nope".into()))
+        );
+        assert_eq!(
+            agent_scopes(&s, env, &a, Some("db:write")),
+            Err(ScopeRefusal::NotAllowed("db:write".into()))
+        );
+        assert_eq!(agent_scopes(&s, env, &a, None), Err(ScopeRefusal::NoneRequested));
+        assert_eq!(
+            agent_scopes(&s, env, &a, Some("a\"b")),
+            Err(ScopeRefusal::Malformed)
+        );
+    }
+
+    #[test]
+    fn scope_lists_are_deduplicated_and_bounded() {
+        assert_eq!(parse_scope_param("a  b a").unwrap(), vec!["a", "b"]);
+        let many = (0..40).map(|i| format!("s{i}")).collect::<Vec<_>>().join(" ");
+        assert_eq!(parse_scope_param(&many), Err(ScopeRefusal::Malformed));
+    }
+
+    #[test]
+    fn lifetimes_never_exceed_the_maximum() {
+        let s = settings();
+        for env in s.environments.values() {
+            assert!(token_lifetime(env) <= env.max_ttl);
+        }
+        let mut env = s.environments["prod"].clone();
+        env.default_ttl = Duration::from_secs(7200);
+        env.max_ttl = Duration::from_secs(60);
+        assert_eq!(token_lifetime(&env), Duration::from_secs(60));
+    }
+}

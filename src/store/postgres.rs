@@ -1,0 +1,54 @@
+//! The production backend: PostgreSQL, safe for several replicas on one database.
+//!
+//! Audit appends lock the single `audit_head` row, so replicas append to one chain in
+//! a total order; the group-committer takes that lock once per batch, not per event.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Pool, Postgres};
+
+use super::sql::impl_sql_store;
+use super::{AuditBatcher, ConnectOptions};
+
+/// PostgreSQL implementation of [`Store`](super::Store).
+pub struct PgStore {
+    pool: Pool<Postgres>,
+    batcher: AuditBatcher,
+}
+
+impl PgStore {
+    /// Connect to `url` and, if asked, migrate.
+    pub async fn connect(url: &str, options: &ConnectOptions) -> anyhow::Result<PgStore> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|_| anyhow::anyhow!("invalid PostgreSQL URL {}", crate::config::redact_url(url)))?
+            .application_name("airlock");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to PostgreSQL at {}: {e}",
+                    crate::config::redact_url(url)
+                )
+            })?;
+        if options.migrate {
+            Self::migrator()
+                .run(&pool)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot apply PostgreSQL migrations: {e}"))?;
+        }
+        let batch_pool = pool.clone();
+        let batcher = AuditBatcher::spawn(move |events| commit_batch(batch_pool.clone(), events));
+        Ok(PgStore { pool, batcher })
+    }
+
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+        &MIGRATOR
+    }
+}
+
+impl_sql_store!(PgStore, Postgres);
