@@ -101,10 +101,16 @@ impl App {
     /// Prepare everything and bind `settings.listen`.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let listen = settings.listen.clone();
-        let state = open_state(settings, true).await?;
         let listener = TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        Self::with_listener(settings, listener).await
+    }
+
+    /// Prepare everything and serve on an already bound listener (tests bind port 0
+    /// first so `public_url` can carry the real port).
+    pub async fn with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<App> {
+        let state = open_state(settings, true).await?;
         Ok(App { listener, state })
     }
 

@@ -114,7 +114,14 @@ pub(crate) fn init_logs(cli: &Cli, settings: Option<&Settings>, default_filter: 
 pub(crate) fn cli_actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| "unknown".into());
     let user: String = user
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || "-_.@".contains(*c))

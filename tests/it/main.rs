@@ -1,0 +1,5 @@
+//! Integration tests: one binary, the real server over HTTP, a fresh database per test,
+//! every behaviour on SQLite and PostgreSQL.
+
+mod harness;
+mod tokens;
