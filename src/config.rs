@@ -228,6 +228,12 @@ impl fmt::Debug for Settings {
 }
 
 /// Replace the password of a URL with `***` for display.
+///
+/// ```
+/// use airlock::config::redact_url;
+/// assert_eq!(redact_url("postgres://app:hunter2@db/airlock"), "postgres://app:***@db/airlock");
+/// assert!(!redact_url("host=db password=hunter2").contains("hunter2"));
+/// ```
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {

@@ -35,6 +35,9 @@ pub(super) async fn run(args: &FetchArgs, command: &[String]) -> anyhow::Result<
     let token_file = dir.path().join("token");
     write_token(&token_file, &first)?;
 
+    // Handlers first, so a signal arriving while the child starts is forwarded, not fatal.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut child = tokio::process::Command::new(&command[0]);
     child
         .args(&command[1..])
@@ -47,9 +50,6 @@ pub(super) async fn run(args: &FetchArgs, command: &[String]) -> anyhow::Result<
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", command[0]))?;
     let pid = child.id();
-
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut refresh_at = Instant::now() + refresh_after(first.expires_in);
     let mut expires_at = Instant::now() + Duration::from_secs(first.expires_in);
 
@@ -107,9 +107,9 @@ fn token_dir() -> anyhow::Result<tempfile::TempDir> {
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
-    // tempfile creates the directory with mode 0700.
     tempfile::Builder::new()
         .prefix("airlock-token-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(base)
         .map_err(|e| anyhow::anyhow!("cannot create a private directory for the token: {e}"))
 }

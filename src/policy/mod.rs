@@ -102,6 +102,13 @@ impl ScopeRefusal {
 }
 
 /// Parse an RFC 6749 `scope` parameter: space-separated, duplicates dropped, order kept.
+///
+/// ```
+/// use airlock::policy::{parse_scope_param, ScopeRefusal};
+/// assert_eq!(parse_scope_param("db:read  db:write db:read").unwrap(), ["db:read", "db:write"]);
+/// // A quote is not a scope-token character (RFC 6749 section 3.3).
+/// assert_eq!(parse_scope_param("db:\"read\""), Err(ScopeRefusal::Malformed));
+/// ```
 pub fn parse_scope_param(raw: &str) -> Result<Vec<String>, ScopeRefusal> {
     let mut out: Vec<String> = Vec::new();
     for token in raw.split(' ').filter(|t| !t.is_empty()) {

@@ -205,11 +205,20 @@ macro_rules! impl_sql_store {
             }
 
             async fn ready(&self) -> $crate::store::StoreResult<()> {
+                // A blank database has no migrations table at all: that is "pending",
+                // not "unavailable", as long as the database itself answers.
                 let applied: Vec<(i64,)> =
-                    sqlx::query_as("select version from _sqlx_migrations where success = true")
+                    match sqlx::query_as("select version from _sqlx_migrations where success = true")
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::store::sql::map_err)?;
+                    {
+                        Ok(rows) => rows,
+                        Err(sqlx::Error::Database(_)) => {
+                            self.ping().await?;
+                            return Err($crate::store::StoreError::MigrationsPending);
+                        }
+                        Err(e) => return Err($crate::store::sql::map_err(e)),
+                    };
                 let pending = Self::migrator()
                     .iter()
                     .any(|m| !applied.iter().any(|(v,)| *v == m.version));
@@ -261,13 +270,18 @@ macro_rules! impl_sql_store {
             ) -> $crate::store::StoreResult<Vec<$crate::domain::StoredKey>> {
                 let rows: Vec<$crate::store::sql::KeyRow> = sqlx::query_as(
                     "select kid, keyset, public_key, sealed_private_key, status, created_at \
-                     from signing_keys where keyset = $1 order by created_at desc, kid",
+                     from signing_keys where keyset = $1",
                 )
                 .bind(keyset.as_db())
                 .fetch_all(&self.pool)
                 .await
                 .map_err($crate::store::sql::map_err)?;
-                rows.into_iter().map(TryInto::try_into).collect()
+                // Sorted here, not in SQL: SQLite keeps timestamps as text whose order is
+                // not time order within a second.
+                let mut keys: Vec<$crate::domain::StoredKey> =
+                    rows.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?;
+                keys.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.kid.cmp(&b.kid)));
+                Ok(keys)
             }
 
             async fn insert_signing_key(
@@ -379,14 +393,18 @@ macro_rules! impl_sql_store {
                 environment: Option<&str>,
             ) -> $crate::store::StoreResult<Vec<$crate::domain::Agent>> {
                 let rows: Vec<$crate::store::sql::AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "select {} from agents where ($1 is null or environment = $1) order by environment, name",
+                    "select {} from agents where ($1 is null or environment = $1)",
                     $crate::store::sql::AGENT_COLUMNS
                 )))
                 .bind(environment)
                 .fetch_all(&self.pool)
                 .await
                 .map_err($crate::store::sql::map_err)?;
-                rows.into_iter().map(TryInto::try_into).collect()
+                // Byte order, the same on both engines whatever the database collation.
+                let mut agents: Vec<$crate::domain::Agent> =
+                    rows.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?;
+                agents.sort_by(|a, b| (&a.environment, &a.name).cmp(&(&b.environment, &b.name)));
+                Ok(agents)
             }
 
             async fn update_agent(

@@ -136,7 +136,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub master: MasterKey,
     pub db: TestDb,
-    pub data_dir: tempfile::TempDir,
+    /// Kept alive for the life of the server.
+    _data_dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -173,7 +174,7 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
             .expect("client"),
         master,
         db,
-        data_dir,
+        _data_dir: data_dir,
         shutdown: Some(tx),
         server: Some(server),
     })

@@ -1,5 +1,8 @@
 //! Integration tests: one binary, the real server over HTTP, a fresh database per test,
 //! every behaviour on SQLite and PostgreSQL.
 
+mod cli;
+mod contract;
+mod failclosed;
 mod harness;
 mod tokens;
