@@ -198,3 +198,102 @@ impl AuditBatcher {
         rx.await.unwrap_or(Err(StoreError::Unavailable(None)))
     }
 }
+
+/// How often each process checks whether another process changed an agent.
+pub const AGENT_CACHE_POLL: Duration = Duration::from_millis(250);
+/// No cached agent is used after this long, whatever the poller says.
+pub const AGENT_CACHE_TTL: Duration = Duration::from_secs(1);
+const AGENT_CACHE_MAX: usize = 10_000;
+
+/// Cache of agents by client id, for the token endpoint's hot path.
+///
+/// SECURITY: a change made through this process (disable, rotate) clears the cache
+/// before the call returns. A change made by another process (the CLI, another replica)
+/// bumps `change_counters.agents` in the same transaction; a poller sees it within
+/// [`AGENT_CACHE_POLL`] and clears the cache. No entry outlives [`AGENT_CACHE_TTL`].
+/// Only agents that exist are cached, so a new agent is usable at once.
+pub(crate) struct AgentCache {
+    inner: std::sync::RwLock<CacheState>,
+}
+
+struct CacheState {
+    generation: u64,
+    entries: std::collections::HashMap<String, (Agent, tokio::time::Instant)>,
+}
+
+impl AgentCache {
+    pub(crate) fn new() -> Arc<AgentCache> {
+        Arc::new(AgentCache {
+            inner: std::sync::RwLock::new(CacheState {
+                generation: 0,
+                entries: Default::default(),
+            }),
+        })
+    }
+
+    /// A fresh cached agent and the generation to present when inserting after a miss.
+    pub(crate) fn get(&self, client_id: &str) -> (Option<Agent>, u64) {
+        let Ok(state) = self.inner.read() else {
+            return (None, u64::MAX);
+        };
+        let hit = state
+            .entries
+            .get(client_id)
+            .filter(|(_, at)| at.elapsed() < AGENT_CACHE_TTL)
+            .map(|(a, _)| a.clone());
+        (hit, state.generation)
+    }
+
+    /// Insert what was read from the store, unless the cache was cleared since `generation`.
+    pub(crate) fn put(&self, agent: &Agent, generation: u64) {
+        if let Ok(mut state) = self.inner.write()
+            && state.generation == generation
+        {
+            if state.entries.len() >= AGENT_CACHE_MAX {
+                state.entries.clear();
+            }
+            state.entries.insert(
+                agent.client_id.clone(),
+                (agent.clone(), tokio::time::Instant::now()),
+            );
+        }
+    }
+
+    /// Forget everything.
+    pub(crate) fn clear(&self) {
+        if let Ok(mut state) = self.inner.write() {
+            state.generation += 1;
+            state.entries.clear();
+        }
+    }
+
+    /// Clear the cache whenever `read_counter` changes. Stops when the cache is dropped.
+    /// A failed read also clears it: when in doubt, go to the store.
+    pub(crate) fn spawn_poller<F, Fut>(self: &Arc<Self>, read_counter: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = StoreResult<i64>> + Send,
+    {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last: Option<i64> = None;
+            let mut tick = tokio::time::interval(AGENT_CACHE_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(cache) = weak.upgrade() else { break };
+                match read_counter().await {
+                    Ok(v) if last == Some(v) => {}
+                    Ok(v) => {
+                        last = Some(v);
+                        cache.clear();
+                    }
+                    Err(_) => {
+                        last = None;
+                        cache.clear();
+                    }
+                }
+            }
+        });
+    }
+}

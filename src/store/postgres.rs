@@ -9,12 +9,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
 use super::sql::impl_sql_store;
-use super::{AuditBatcher, ConnectOptions};
+use super::{AgentCache, AuditBatcher, ConnectOptions};
 
 /// PostgreSQL implementation of [`Store`](super::Store).
 pub struct PgStore {
     pool: Pool<Postgres>,
     batcher: AuditBatcher,
+    agents: std::sync::Arc<AgentCache>,
 }
 
 impl PgStore {
@@ -42,7 +43,14 @@ impl PgStore {
         }
         let batch_pool = pool.clone();
         let batcher = AuditBatcher::spawn(move |events| commit_batch(batch_pool.clone(), events));
-        Ok(PgStore { pool, batcher })
+        let agents = AgentCache::new();
+        let poll_pool = pool.clone();
+        agents.spawn_poller(move || read_agents_counter(poll_pool.clone()));
+        Ok(PgStore {
+            pool,
+            batcher,
+            agents,
+        })
     }
 
     fn migrator() -> &'static sqlx::migrate::Migrator {

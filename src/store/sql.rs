@@ -182,6 +182,25 @@ macro_rules! impl_sql_store {
             Ok(records)
         }
 
+        /// Tell every process that cached agents are stale (same transaction as the change).
+        async fn bump_agents_counter(
+            conn: &mut <$db as sqlx::Database>::Connection,
+        ) -> $crate::store::StoreResult<()> {
+            sqlx::query("update change_counters set value = value + 1 where name = 'agents'")
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+                .map_err($crate::store::sql::map_err)
+        }
+
+        /// The current value of the agents change counter.
+        async fn read_agents_counter(pool: sqlx::Pool<$db>) -> $crate::store::StoreResult<i64> {
+            sqlx::query_scalar("select value from change_counters where name = 'agents'")
+                .fetch_one(&pool)
+                .await
+                .map_err($crate::store::sql::map_err)
+        }
+
         /// Commit one batch of audit events in its own transaction.
         async fn commit_batch(
             pool: sqlx::Pool<$db>,
@@ -354,11 +373,16 @@ macro_rules! impl_sql_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
+                bump_agents_counter(&mut tx).await?;
                 append_in_tx(&mut tx, vec![event]).await?;
                 tx.commit().await.map_err(map_err)
             }
 
             async fn agent_by_client_id(&self, client_id: &str) -> $crate::store::StoreResult<$crate::domain::Agent> {
+                let (hit, generation) = self.agents.get(client_id);
+                if let Some(agent) = hit {
+                    return Ok(agent);
+                }
                 let row: $crate::store::sql::AgentRow =
                     sqlx::query_as(sqlx::AssertSqlSafe(format!(
                         "select {} from agents where client_id = $1",
@@ -368,7 +392,9 @@ macro_rules! impl_sql_store {
                     .fetch_one(&self.pool)
                     .await
                     .map_err($crate::store::sql::map_err)?;
-                row.try_into()
+                let agent: $crate::domain::Agent = row.try_into()?;
+                self.agents.put(&agent, generation);
+                Ok(agent)
             }
 
             async fn agent_by_name(
@@ -446,8 +472,11 @@ macro_rules! impl_sql_store {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map_err)?;
+                bump_agents_counter(&mut tx).await?;
                 append_in_tx(&mut tx, vec![event]).await?;
                 tx.commit().await.map_err(map_err)?;
+                // SECURITY: before returning, so this process never serves the old state.
+                self.agents.clear();
                 row.try_into()
             }
 

@@ -9,12 +9,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Pool, Sqlite};
 
 use super::sql::impl_sql_store;
-use super::{AuditBatcher, ConnectOptions};
+use super::{AgentCache, AuditBatcher, ConnectOptions};
 
 /// SQLite implementation of [`Store`](super::Store).
 pub struct SqliteStore {
     pool: Pool<Sqlite>,
     batcher: AuditBatcher,
+    agents: std::sync::Arc<AgentCache>,
 }
 
 impl SqliteStore {
@@ -48,7 +49,14 @@ impl SqliteStore {
         }
         let batch_pool = pool.clone();
         let batcher = AuditBatcher::spawn(move |events| commit_batch(batch_pool.clone(), events));
-        Ok(SqliteStore { pool, batcher })
+        let agents = AgentCache::new();
+        let poll_pool = pool.clone();
+        agents.spawn_poller(move || read_agents_counter(poll_pool.clone()));
+        Ok(SqliteStore {
+            pool,
+            batcher,
+            agents,
+        })
     }
 
     fn migrator() -> &'static sqlx::migrate::Migrator {

@@ -251,6 +251,25 @@ fn another_master_key() -> String {
 
 // --- agent management ---------------------------------------------------------------
 
+/// A change made by another process (the CLI) reaches the server's agent cache within
+/// `AGENT_CACHE_POLL`; poll for the expected answer and fail if it takes longer than the
+/// cache's hard TTL.
+async fn settles_to(app: &TestApp, agent: &TestAgent, expected: StatusCode, what: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let status = app.token("staging", agent, None).await.status();
+        if status == expected {
+            return;
+        }
+        assert!(
+            start.elapsed() <= airlock::store::AGENT_CACHE_TTL,
+            "{what}: still {status} after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn agents_are_managed_from_the_cli_and_the_server_honours_every_change(backend: Backend) {
     // Arrange
     let Some(app) = spawn_app(backend).await else {
@@ -321,19 +340,17 @@ async fn agents_are_managed_from_the_cli_and_the_server_honours_every_change(bac
     .await;
     out.expect_success("agent disable");
     assert_eq!(out.json()["disabled"], true);
-    assert_eq!(
-        app.token("staging", &agent, None).await.status(),
+    settles_to(
+        &app,
+        &agent,
         StatusCode::UNAUTHORIZED,
-        "a disabled agent gets no token"
-    );
+        "a disabled agent gets no token",
+    )
+    .await;
     run(sb.admin(&app).args(["agent", "enable", "staging/ci-bot"]))
         .await
         .expect_success("agent enable");
-    assert_eq!(
-        app.token("staging", &agent, None).await.status(),
-        StatusCode::OK,
-        "enabled again"
-    );
+    settles_to(&app, &agent, StatusCode::OK, "enabled again").await;
 
     // rotate-secret
     let out = run(sb
@@ -345,11 +362,13 @@ async fn agents_are_managed_from_the_cli_and_the_server_honours_every_change(bac
     let new_secret = rotated["client_secret"].as_str().expect("new secret").to_string();
     assert_eq!(rotated["client_id"], client_id.as_str());
     assert_ne!(new_secret, secret);
-    assert_eq!(
-        app.token("staging", &agent, None).await.status(),
+    settles_to(
+        &app,
+        &agent,
         StatusCode::UNAUTHORIZED,
-        "the old secret stops working at once"
-    );
+        "the old secret stops working",
+    )
+    .await;
     let renewed = TestAgent {
         client_id: client_id.clone(),
         secret: SecretString::from(new_secret.clone()),
