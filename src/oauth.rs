@@ -73,6 +73,7 @@ async fn refuse(state: &AppState, event: NewAuditEvent, error: OAuthError) -> OA
 pub async fn refuse_request(state: &AppState, env: &str, error: OAuthError) -> OAuthError {
     let reason = match &error {
         OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
+        OAuthError::InvalidClient => "no_client_credentials",
         _ => "invalid_request",
     };
     let event = NewAuditEvent::new("token.refused", "anonymous", Outcome::Refused)

@@ -229,7 +229,12 @@ async fn every_authentication_failure_looks_the_same(backend: Backend) {
         .filter(|e| e.event.kind == "token.refused")
         .filter_map(|e| e.event.details["reason"].as_str())
         .collect();
-    for reason in ["unknown_client", "bad_secret", "disabled"] {
+    for reason in [
+        "unknown_client",
+        "bad_secret",
+        "disabled",
+        "no_client_credentials",
+    ] {
         assert!(reasons.contains(&reason), "{reason} audited: {reasons:?}");
     }
     assert!(!events.iter().any(|e| e.event.kind == "token.issued"));
