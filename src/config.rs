@@ -44,6 +44,8 @@ const CONFIG_KEYS: &[&str] = &[
     "limits",
     "scopes",
     "environments",
+    "roles",
+    "auth",
 ];
 
 /// `AIRLOCK_*` variables that are not configuration: they belong to the CLI, the agent
@@ -56,6 +58,7 @@ pub const NON_CONFIG_VARS: &[&str] = &[
     "AIRLOCK_CLIENT_SECRET",
     "AIRLOCK_SERVER",
     "AIRLOCK_LISTEN",
+    "AIRLOCK_SESSION_FILE",
     "AIRLOCK_LOG",
     "AIRLOCK_TEST_POSTGRES_URL",
     "AIRLOCK_REQUIRE_POSTGRES",
@@ -125,6 +128,63 @@ pub struct Settings {
     pub scopes: BTreeMap<String, ScopeSettings>,
     /// Environments by name.
     pub environments: BTreeMap<String, EnvironmentSettings>,
+    /// Roles of people, by name.
+    pub roles: BTreeMap<String, RoleSettings>,
+    /// Sign-in, sessions, TOTP and throttling.
+    pub auth: AuthSettings,
+}
+
+/// What holders of a role may do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSettings {
+    /// Environments they may get tokens for, with the scopes allowed in each.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, Vec<String>>,
+    /// Environments where they may request escalations.
+    #[serde(default)]
+    pub escalate: Vec<String>,
+    /// Manage people and agents.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// Sign-in, sessions, TOTP and throttling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Lifetime of a session access token.
+    #[serde(with = "humantime_serde")]
+    pub session_access_ttl: Duration,
+    /// A session ends after this long unused.
+    #[serde(with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+    /// A session ends after this long in any case.
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// Everyone must enrol TOTP before getting tokens.
+    pub require_totp: bool,
+    /// Shortest password accepted.
+    pub password_min_length: usize,
+    /// Argon2id verifications at once.
+    pub max_concurrent_password_checks: usize,
+    /// How long a sign-in waits for a verification slot before a 503.
+    #[serde(with = "humantime_serde")]
+    pub password_queue_timeout: Duration,
+    /// Failures before delays start.
+    pub throttle_free_failures: u32,
+    /// Longest delay.
+    #[serde(with = "humantime_serde")]
+    pub throttle_max_delay: Duration,
+    /// Lifetime of an RFC 8628 device code.
+    #[serde(with = "humantime_serde")]
+    pub device_code_lifetime: Duration,
+    /// Minimum polling interval of the device flow.
+    #[serde(with = "humantime_serde")]
+    pub device_poll_interval: Duration,
+    /// Lifetime of a browser sign-in.
+    #[serde(with = "humantime_serde")]
+    pub web_session_lifetime: Duration,
 }
 
 /// Connection pool tuning.
@@ -410,6 +470,52 @@ impl Settings {
                 ));
             }
         }
+        for (name, role) in &self.roles {
+            let at = format!("roles.{name}");
+            for (env, scopes) in &role.tokens {
+                if !self.environments.contains_key(env) {
+                    problems.push(format!("{at}.tokens names unknown environment {env:?}"));
+                    continue;
+                }
+                for scope in scopes {
+                    if !self.env_offers_scope(&self.environments[env], scope) {
+                        problems.push(format!(
+                            "{at}.tokens.{env} names scope {scope:?}, which environment {env} does not offer"
+                        ));
+                    }
+                }
+            }
+            for env in &role.escalate {
+                if !self.environments.contains_key(env) {
+                    problems.push(format!("{at}.escalate names unknown environment {env:?}"));
+                }
+            }
+        }
+        for (name, env) in &self.environments {
+            if !self.roles.contains_key(&env.approval.approver_role) {
+                problems.push(format!(
+                    "environments.{name}.approval.approver_role {:?} is not a role; define [roles.{}]",
+                    env.approval.approver_role, env.approval.approver_role
+                ));
+            }
+        }
+        let auth = &self.auth;
+        if auth.password_min_length < 12 {
+            problems.push("auth.password_min_length must be at least 12".into());
+        }
+        if auth.max_concurrent_password_checks == 0 {
+            problems.push("auth.max_concurrent_password_checks must be at least 1".into());
+        }
+        if auth.session_access_ttl.is_zero() || auth.session_access_ttl > Duration::from_secs(3600) {
+            problems.push("auth.session_access_ttl must be between 1s and 1h".into());
+        }
+        if auth.session_idle_timeout > auth.session_lifetime {
+            problems.push("auth.session_idle_timeout must not exceed auth.session_lifetime".into());
+        }
+        if auth.device_poll_interval.is_zero() || auth.device_code_lifetime <= auth.device_poll_interval {
+            problems
+                .push("auth.device_code_lifetime must be longer than auth.device_poll_interval (> 0)".into());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -429,6 +535,11 @@ impl Settings {
                 .scopes
                 .as_ref()
                 .is_none_or(|list| list.iter().any(|s| s == scope))
+    }
+
+    /// Whether any of `roles` is an admin role.
+    pub fn is_admin(&self, roles: &[String]) -> bool {
+        roles.iter().any(|r| self.roles.get(r).is_some_and(|r| r.admin))
     }
 
     /// The issuer of environment `name`.

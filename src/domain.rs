@@ -241,3 +241,158 @@ mod tests {
         assert!(!looks_like_client_id(&format!("{id}x")));
     }
 }
+
+/// A person who signs in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Internal id; the `sub` of their tokens.
+    pub id: Uuid,
+    /// Sign-in name, unique, lowercase.
+    pub username: String,
+    /// Argon2id PHC string; never serialised.
+    #[serde(skip)]
+    pub password_hash: String,
+    /// Role names from the configuration.
+    pub roles: Vec<String>,
+    /// Active TOTP secret, sealed under the master key; never serialised.
+    #[serde(skip)]
+    pub totp_sealed: Option<Vec<u8>>,
+    /// TOTP secret awaiting its first code; never serialised.
+    #[serde(skip)]
+    pub totp_pending_sealed: Option<Vec<u8>>,
+    /// Last TOTP time step used (replay protection).
+    #[serde(skip)]
+    pub totp_last_step: Option<i64>,
+    /// A disabled person signs in nowhere and their sessions are ended.
+    pub disabled: bool,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    pub updated_at: OffsetDateTime,
+}
+
+impl User {
+    /// Whether TOTP is enrolled and active.
+    pub fn totp_enrolled(&self) -> bool {
+        self.totp_sealed.is_some()
+    }
+}
+
+/// Kind of session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// CLI: session access tokens and a rotating refresh token.
+    Cli,
+    /// Browser: an opaque cookie for the sign-in pages.
+    Web,
+}
+
+impl SessionKind {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Cli => "cli",
+            SessionKind::Web => "web",
+        }
+    }
+}
+
+/// A signed-in person's session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Session id (`sid` claim).
+    pub id: Uuid,
+    /// Whose.
+    pub user_id: Uuid,
+    /// CLI or web.
+    pub kind: SessionKind,
+    /// Keyed hash of the web cookie (web sessions only); never serialised.
+    #[serde(skip)]
+    pub secret_hash: Option<Vec<u8>>,
+    /// Start.
+    pub created_at: OffsetDateTime,
+    /// Last use (idle timeout).
+    pub last_used_at: OffsetDateTime,
+    /// Absolute end.
+    pub expires_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Why.
+    pub revoked_reason: Option<String>,
+}
+
+/// State of a device authorization (RFC 8628).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Waiting for the person.
+    Pending,
+    /// Approved; the next poll gets the session.
+    Approved,
+    /// Denied.
+    Denied,
+    /// Approved and redeemed.
+    Consumed,
+}
+
+impl DeviceStatus {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Approved => "approved",
+            DeviceStatus::Denied => "denied",
+            DeviceStatus::Consumed => "consumed",
+        }
+    }
+
+    /// Parse the stored form.
+    pub fn parse(s: &str) -> Option<DeviceStatus> {
+        Some(match s {
+            "pending" => DeviceStatus::Pending,
+            "approved" => DeviceStatus::Approved,
+            "denied" => DeviceStatus::Denied,
+            "consumed" => DeviceStatus::Consumed,
+            _ => return None,
+        })
+    }
+}
+
+/// A device authorization request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCode {
+    /// Internal id.
+    pub id: Uuid,
+    /// Hash of the device code (the code itself is only ever with the CLI).
+    pub device_code_hash: Vec<u8>,
+    /// What the person types, `XXXX-XXXX`.
+    pub user_code: String,
+    /// The public client that asked.
+    pub client_id: String,
+    /// Where it stands.
+    pub status: DeviceStatus,
+    /// Current minimum polling interval, seconds.
+    pub interval_secs: i64,
+    /// Start.
+    pub created_at: OffsetDateTime,
+    /// End.
+    pub expires_at: OffsetDateTime,
+    /// Last poll.
+    pub last_polled_at: Option<OffsetDateTime>,
+    /// Who approved or denied.
+    pub user_id: Option<Uuid>,
+}
+
+/// Sign-in failures recorded against one key (`user:NAME` or `ip:ADDR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Throttle {
+    /// The key.
+    pub key: String,
+    /// Consecutive failures.
+    pub failures: i64,
+    /// No attempt is considered before this.
+    pub blocked_until: Option<OffsetDateTime>,
+    /// Last change.
+    pub updated_at: OffsetDateTime,
+}

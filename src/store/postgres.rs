@@ -8,6 +8,7 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
+use super::people::impl_people_store;
 use super::sql::impl_sql_store;
 use super::{AgentCache, AuditBatcher, ConnectOptions};
 
@@ -60,3 +61,4 @@ impl PgStore {
 }
 
 impl_sql_store!(PgStore, Postgres);
+impl_people_store!(PgStore, Postgres);

@@ -1017,7 +1017,7 @@ quorum = 0
 
 [environments.dev]
 max_ttl = "1m"
-scopes = ["db:read", "db:teleport"]
+scopes = ["db:read", "db:write", "db:migrate", "db:teleport"]
 "#,
     )
     .unwrap();
