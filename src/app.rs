@@ -29,6 +29,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Keyed hash for agent secrets.
     pub hasher: Arc<SecretHasher>,
+    /// Budget of individually audited anonymous refusals.
+    pub refusals: Arc<crate::refusals::RefusalLimiter>,
 }
 
 /// Connection options from settings.
@@ -38,6 +40,9 @@ pub fn connect_options(settings: &Settings, migrate: bool) -> ConnectOptions {
         busy_timeout: settings.database.busy_timeout,
         acquire_timeout: settings.database.acquire_timeout,
         migrate,
+        // Two thirds of the request deadline: the store gives up first, so the caller
+        // gets a 503 with a body rather than a cut-off request.
+        statement_timeout: settings.limits.request_timeout * 2 / 3,
     }
 }
 
@@ -84,6 +89,7 @@ pub async fn open_state(settings: Settings, migrate: bool) -> anyhow::Result<App
     sets.push(KeySet::Session);
     let keys = KeyRing::load(store.as_ref(), &master, &sets).await?;
     Ok(AppState {
+        refusals: crate::refusals::RefusalLimiter::start(store.clone()),
         store,
         keys: Arc::new(keys),
         hasher: Arc::new(master.secret_hasher()),

@@ -143,7 +143,14 @@ impl TokenClient {
         let response = self
             .http
             .post(&self.endpoint)
-            .header(reqwest::header::AUTHORIZATION, self.authorization.expose_secret())
+            .header(reqwest::header::AUTHORIZATION, {
+                let mut value = reqwest::header::HeaderValue::from_str(self.authorization.expose_secret())
+                    .map_err(|_| {
+                        ClientError::Protocol("the client id or secret has invalid characters".into())
+                    })?;
+                value.set_sensitive(true);
+                value
+            })
             .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body)
             .send()

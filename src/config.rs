@@ -296,11 +296,26 @@ impl fmt::Debug for Settings {
 /// ```
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            // sqlx also takes `?password=` (and TLS key passphrases) in the query.
+            if u.query().is_some() {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let secret = k.to_ascii_lowercase().contains("password");
+                        (
+                            k.into_owned(),
+                            if secret { "***".to_string() } else { v.into_owned() },
+                        )
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        Ok(_) => url.to_string(),
         // Not a URL we can parse: show only the scheme, never the rest.
         Err(_) => match url.split_once(':') {
             Some((scheme, _)) => format!("{scheme}:[redacted]"),
@@ -743,9 +758,31 @@ mod tests {
     }
 
     #[test]
+    fn environment_and_scope_names_are_checked() {
+        assert!(valid_env_name("prod-eu1"));
+        for bad in ["", "Prod", "1prod", "pr od", "prod/x", &"a".repeat(33)] {
+            assert!(!valid_env_name(bad), "{bad:?}");
+        }
+        assert!(valid_scope_name("db:read") && valid_scope_name("s3.bucket-x_y"));
+        for bad in ["", "db read", "db\"x", &"s".repeat(65)] {
+            assert!(!valid_scope_name(bad), "{bad:?}");
+        }
+        let p = problems(
+            "[environments.Bad-Env]\ntier = \"nonprod\"\naudience = \"x\"\ndefault_ttl = \"1m\"\nmax_ttl = \"1m\"\n[environments.Bad-Env.approval]\nquorum = 1\napprover_role = \"approver\"\npending_timeout = \"1h\"\nmax_grant_duration = \"1h\"\nauto_approve = false\n",
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("environments.Bad-Env") && m.contains("environment names")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn database_passwords_are_redacted() {
         assert_eq!(redact_url("postgres://u:hunter2@db/x"), "postgres://u:***@db/x");
         assert!(!redact_url("host=db password=hunter2").contains("hunter2"));
+        let q = redact_url("postgres://u@db/x?sslmode=require&password=hunter2");
+        assert!(!q.contains("hunter2") && q.contains("sslmode=require"), "{q}");
     }
 
     #[test]

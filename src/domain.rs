@@ -34,7 +34,7 @@ pub fn truncate_micros(t: OffsetDateTime) -> OffsetDateTime {
 }
 
 /// A machine identity bound to one environment for its whole life (invariant 2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agent {
     /// Internal id.
     pub id: Uuid,
@@ -57,6 +57,18 @@ pub struct Agent {
     /// Keyed hash of the secret; never serialised.
     #[serde(skip)]
     pub secret_hash: Vec<u8>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("client_id", &self.client_id)
+            .field("name", &self.name)
+            .field("environment", &self.environment)
+            .field("allowed_scopes", &self.allowed_scopes)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which key set a signing key belongs to.
@@ -243,7 +255,7 @@ mod tests {
 }
 
 /// A person who signs in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// Internal id; the `sub` of their tokens.
     pub id: Uuid,
@@ -269,6 +281,18 @@ pub struct User {
     pub created_at: OffsetDateTime,
     /// Last change.
     pub updated_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("roles", &self.roles)
+            .field("totp_enrolled", &self.totp_sealed.is_some())
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
 }
 
 impl User {

@@ -18,6 +18,7 @@ pub mod domain;
 pub mod http;
 pub mod oauth;
 pub mod policy;
+pub mod refusals;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

@@ -5,6 +5,8 @@
 //! caller gets `temporarily_unavailable` and the token that was signed is dropped
 //! unseen.
 
+use std::net::IpAddr;
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use uuid::Uuid;
@@ -37,8 +39,8 @@ pub enum OAuthError {
     Unavailable,
 }
 
-/// A successful token response (RFC 6749 section 5.1).
-#[derive(Debug, Clone, Serialize)]
+/// A successful token response (RFC 6749 section 5.1). Deliberately not `Debug`.
+#[derive(Clone, Serialize)]
 pub struct TokenResponse {
     /// The JWT.
     pub access_token: String,
@@ -69,8 +71,34 @@ async fn refuse(state: &AppState, event: NewAuditEvent, error: OAuthError) -> OA
     }
 }
 
+/// Record a refusal of an unauthenticated caller, within that address's budget
+/// (see [`crate::refusals`]).
+async fn refuse_anonymous(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    env: &str,
+    reason: &'static str,
+    event: NewAuditEvent,
+    error: OAuthError,
+) -> OAuthError {
+    if state.refusals.admit(peer, env, reason) {
+        let event = match peer {
+            Some(ip) => event.detail("client_address", ip.to_string()),
+            None => event,
+        };
+        refuse(state, event, error).await
+    } else {
+        error
+    }
+}
+
 /// The audited refusal of a request that never reached client authentication.
-pub async fn refuse_request(state: &AppState, env: &str, error: OAuthError) -> OAuthError {
+pub async fn refuse_request(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    env: &str,
+    error: OAuthError,
+) -> OAuthError {
     let reason = match &error {
         OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
         OAuthError::InvalidClient => "no_client_credentials",
@@ -79,12 +107,13 @@ pub async fn refuse_request(state: &AppState, env: &str, error: OAuthError) -> O
     let event = NewAuditEvent::new("token.refused", "anonymous", Outcome::Refused)
         .env(env)
         .detail("reason", reason);
-    refuse(state, event, error).await
+    refuse_anonymous(state, peer, env, reason, event, error).await
 }
 
 /// `grant_type=client_credentials` at environment `env_name`.
 pub async fn client_credentials(
     state: &AppState,
+    peer: Option<IpAddr>,
     env_name: &str,
     creds: ClientCredentials,
     scope: Option<&str>,
@@ -117,7 +146,12 @@ pub async fn client_credentials(
             "client authentication failed"
         );
         let event = auth_failure_event(env_name, &creds.client_id, agent.as_ref(), failure);
-        return Err(refuse(state, event, OAuthError::InvalidClient).await);
+        // Cross-environment use proves a real credential: always audited on its own.
+        if failure == AuthFailure::CrossEnvironment {
+            return Err(refuse(state, event, OAuthError::InvalidClient).await);
+        }
+        let error = OAuthError::InvalidClient;
+        return Err(refuse_anonymous(state, peer, env_name, failure.reason(), event, error).await);
     }
     let agent = agent.expect("authenticated agents exist");
     let actor = format!("agent:{}", agent.client_id);
@@ -129,10 +163,7 @@ pub async fn client_credentials(
                 .env(env_name)
                 .subject(agent.client_id.clone())
                 .detail("reason", refusal.reason())
-                .detail(
-                    "requested",
-                    scope.map(|s| s.chars().take(512).collect::<String>()),
-                );
+                .detail("requested", requested_for_audit(&state.settings, scope));
             return Err(refuse(
                 state,
                 event,
@@ -217,4 +248,23 @@ fn auth_failure_event(
             .subject(presented)
             .detail("reason", failure.reason()),
     }
+}
+
+/// The requested scopes as the audit trail may record them: names from the catalogue
+/// only. SECURITY: anything else is counted, never copied, since a caller controls it
+/// (a token pasted as a scope must not reach the trail).
+fn requested_for_audit(settings: &crate::config::Settings, scope: Option<&str>) -> serde_json::Value {
+    let Some(raw) = scope else {
+        return serde_json::Value::Null;
+    };
+    let mut known: Vec<&str> = Vec::new();
+    let mut unknown = 0usize;
+    for token in raw.split(' ').filter(|t| !t.is_empty()) {
+        match settings.scopes.get_key_value(token) {
+            Some((name, _)) if !known.contains(&name.as_str()) => known.push(name.as_str()),
+            Some(_) => {}
+            None => unknown += 1,
+        }
+    }
+    serde_json::json!({ "known": known, "unknown_count": unknown })
 }

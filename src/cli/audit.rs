@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use super::{Cli, init_logs, load_settings, print_json};
 use crate::app::connect_options;
-use crate::audit::Verifier;
 use crate::domain::AuditRecord;
 
 /// Audit trail commands.
@@ -27,8 +26,6 @@ pub enum AuditCmd {
     },
 }
 
-const PAGE: u32 = 1000;
-
 pub(super) async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<ExitCode> {
     let settings = load_settings(cli)?;
     init_logs(cli, Some(&settings), "airlock=warn,sqlx=warn");
@@ -46,54 +43,32 @@ pub(super) async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<ExitCode> {
             }
             ExitCode::SUCCESS
         }
-        AuditCmd::Verify { json } => {
-            let mut verifier = Verifier::default();
-            let mut after = 0;
-            let mut broken = None;
-            'pages: loop {
-                let page = store.audit_page(after, PAGE).await?;
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                for r in &page {
-                    if let Err(e) = verifier.check(r) {
-                        broken = Some(e);
-                        break 'pages;
-                    }
-                }
+        AuditCmd::Verify { json } => match (crate::audit::verify_store(store.as_ref()).await, json) {
+            (Ok(v), true) => {
+                print_json(&serde_json::json!({
+                    "ok": true, "events": v.events, "head_seq": v.head_seq, "head_hash": hex::encode(&v.head_hash)
+                }));
+                ExitCode::SUCCESS
             }
-            let result = match broken {
-                Some(e) => Err(e),
-                None => {
-                    let (head_seq, head_hash) = store.audit_head().await?;
-                    verifier
-                        .finish(head_seq, &head_hash)
-                        .map(|n| (n, head_seq, head_hash))
-                }
-            };
-            match (result, json) {
-                (Ok((n, seq, hash)), true) => {
-                    print_json(
-                        &serde_json::json!({ "ok": true, "events": n, "head_seq": seq, "head_hash": hex::encode(hash) }),
-                    );
-                    ExitCode::SUCCESS
-                }
-                (Ok((n, seq, hash)), false) => {
-                    println!(
-                        "audit chain intact: {n} events, head #{seq} {}",
-                        hex::encode(hash)
-                    );
-                    ExitCode::SUCCESS
-                }
-                (Err(e), true) => {
-                    print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }));
-                    ExitCode::FAILURE
-                }
-                (Err(e), false) => {
-                    eprintln!("audit chain BROKEN: {e}");
-                    ExitCode::FAILURE
-                }
+            (Ok(v), false) => {
+                println!(
+                    "audit chain intact: {} events, head #{} {}",
+                    v.events,
+                    v.head_seq,
+                    hex::encode(&v.head_hash)
+                );
+                ExitCode::SUCCESS
             }
-        }
+            (Err(crate::audit::VerifyError::Store(e)), _) => return Err(e.into()),
+            (Err(e), true) => {
+                print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }));
+                ExitCode::FAILURE
+            }
+            (Err(e), false) => {
+                eprintln!("audit chain BROKEN: {e}");
+                ExitCode::FAILURE
+            }
+        },
     };
     store.close().await;
     Ok(code)

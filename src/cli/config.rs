@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{Cli, load_settings, print_json};
-use crate::config::{Settings, Sources};
+use crate::config::{ConfigError, Settings, Sources};
 
 /// Configuration commands.
 #[derive(clap::Subcommand, Debug)]
@@ -13,6 +13,9 @@ pub enum ConfigCmd {
     Check {
         /// File to check (default: --config / AIRLOCK_CONFIG).
         file: Option<PathBuf>,
+        /// Print {"ok": bool, "problems": [...]} as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the effective configuration with secrets redacted.
     Show {
@@ -24,12 +27,26 @@ pub enum ConfigCmd {
 
 pub(super) fn run(cli: &Cli, cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ConfigCmd::Check { file } => {
+        ConfigCmd::Check { file, json } => {
             let file = file.clone().or_else(|| cli.config.clone());
-            match Settings::load(&Sources {
+            let result = Settings::load(&Sources {
                 file: file.clone(),
                 env: true,
-            }) {
+            });
+            if *json {
+                let problems: Vec<String> = match &result {
+                    Ok(_) => vec![],
+                    Err(ConfigError::Invalid(p)) => p.clone(),
+                    Err(e) => vec![e.to_string()],
+                };
+                print_json(&serde_json::json!({ "ok": result.is_ok(), "problems": problems }));
+                return Ok(if result.is_ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            match result {
                 Ok(s) => {
                     println!(
                         "configuration OK: {} environments ({}), {} scopes",

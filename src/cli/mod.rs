@@ -41,7 +41,7 @@ pub enum Command {
     /// Run the HTTP server.
     Serve(serve::ServeArgs),
     /// Apply pending database migrations, then exit.
-    Migrate,
+    Migrate(serve::MigrateArgs),
     /// Exit 0 if the local server answers /healthz (for Docker HEALTHCHECK).
     Healthcheck(serve::HealthArgs),
     /// Check or show the configuration.
@@ -70,7 +70,7 @@ pub fn main(cli: Cli) -> ExitCode {
 async fn dispatch(cli: Cli) -> ExitCode {
     let result = match &cli.command {
         Command::Serve(args) => serve::serve(&cli, args).await,
-        Command::Migrate => serve::migrate(&cli).await,
+        Command::Migrate(args) => serve::migrate(&cli, args).await,
         Command::Healthcheck(args) => serve::healthcheck(&cli, args).await,
         Command::Config(cmd) => config::run(&cli, cmd),
         Command::Agent(cmd) => agent::run(&cli, cmd).await,

@@ -56,7 +56,11 @@ pub(super) async fn run(args: &FetchArgs, command: &[String]) -> anyhow::Result<
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
-            _ = sigint.recv() => forward(pid, nix::sys::signal::Signal::SIGINT),
+            // Ctrl-C in a terminal already reached the child (same foreground process
+            // group); forwarding it too would deliver it twice.
+            _ = sigint.recv() => if !interrupt_came_from_terminal() {
+                forward(pid, nix::sys::signal::Signal::SIGINT)
+            },
             _ = sigterm.recv() => forward(pid, nix::sys::signal::Signal::SIGTERM),
             _ = sleep_until(refresh_at) => {
                 match refresh(&client, &token_file).await {
@@ -83,6 +87,13 @@ async fn refresh(client: &TokenClient, path: &Path) -> anyhow::Result<FetchedTok
     let t = client.fetch().await?;
     write_token(path, &t)?;
     Ok(t)
+}
+
+/// Whether we are the terminal's foreground process group, in which case a SIGINT we got
+/// from Ctrl-C was also delivered to the child.
+fn interrupt_came_from_terminal() -> bool {
+    let stdin = std::io::stdin();
+    nix::unistd::tcgetpgrp(&stdin).is_ok_and(|fg| fg == nix::unistd::getpgrp())
 }
 
 fn forward(pid: Option<u32>, signal: nix::sys::signal::Signal) {

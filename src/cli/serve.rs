@@ -17,6 +17,14 @@ pub struct ServeArgs {
     listen: Option<String>,
 }
 
+/// Arguments of `airlock migrate`.
+#[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// Print {"applied": N} as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Arguments of `airlock healthcheck`.
 #[derive(clap::Args, Debug)]
 pub struct HealthArgs {
@@ -49,12 +57,16 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn migrate(cli: &Cli) -> anyhow::Result<ExitCode> {
+pub(super) async fn migrate(cli: &Cli, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let settings = load_settings(cli)?;
     init_logs(cli, Some(&settings), "airlock=warn,sqlx=warn");
     let store = crate::store::connect(&settings.database_url, &connect_options(&settings, false)).await?;
     let applied = store.migrate().await.context("migration failed")?;
-    println!("migrations applied: {applied}; schema is current");
+    if args.json {
+        super::print_json(&serde_json::json!({ "applied": applied, "current": true }));
+    } else {
+        println!("migrations applied: {applied}; schema is current");
+    }
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }

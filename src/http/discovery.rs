@@ -3,6 +3,7 @@
 //! Each environment publishes only its own keys, so a verifier configured from one
 //! environment's metadata cannot accept another environment's tokens (invariant 1).
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -34,8 +35,9 @@ fn cacheable(mut r: Response) -> Response {
 
 async fn env_metadata(
     State(state): State<AppState>,
-    Path(env): Path<String>,
+    env: Result<Path<String>, PathRejection>,
 ) -> Result<Response, OAuthError> {
+    let Path(env) = env.map_err(|_| OAuthError::UnknownEnvironment("(not valid UTF-8)".into()))?;
     let settings = &state.settings;
     settings
         .environment(&env)
@@ -58,7 +60,11 @@ async fn env_metadata(
     Ok(cacheable(Json(body).into_response()))
 }
 
-async fn env_jwks(State(state): State<AppState>, Path(env): Path<String>) -> Result<Response, OAuthError> {
+async fn env_jwks(
+    State(state): State<AppState>,
+    env: Result<Path<String>, PathRejection>,
+) -> Result<Response, OAuthError> {
+    let Path(env) = env.map_err(|_| OAuthError::UnknownEnvironment("(not valid UTF-8)".into()))?;
     state
         .settings
         .environment(&env)

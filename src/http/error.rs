@@ -82,7 +82,10 @@ impl OAuthError {
             OAuthError::UnknownEnvironment(e) => (
                 StatusCode::NOT_FOUND,
                 "invalid_request",
-                format!("no environment named '{e}'"),
+                format!(
+                    "no environment named '{}'",
+                    e.chars().take(64).collect::<String>()
+                ),
             ),
             OAuthError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

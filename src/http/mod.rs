@@ -14,13 +14,13 @@ mod tokens;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         // Bounds every body extractor; the token endpoint reads its body with its own, smaller limit.
         .layer(axum::extract::DefaultBodyLimit::max(GLOBAL_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(timeout, deadline))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -63,15 +64,22 @@ pub fn router(state: AppState) -> Router {
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
                 }))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    timeout,
-                ))
                 .layer(SetResponseHeaderLayer::overriding(
                     header::X_CONTENT_TYPE_OPTIONS,
                     HeaderValue::from_static("nosniff"),
                 )),
         )
+}
+
+/// Bound every request; a request past its deadline gets a 503 in the shape its
+/// endpoint speaks (OAuth or `/v1`), with `Retry-After`.
+async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let oauth = is_oauth_path(req.uri().path());
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) if oauth => crate::oauth::OAuthError::Unavailable.into_response(),
+        Err(_) => ApiError::Unavailable("the request took too long; retry shortly").into_response(),
+    }
 }
 
 async fn not_found(uri: Uri) -> Response {

@@ -6,7 +6,11 @@
 //! one authentication method only (section 2.3).
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, State};
+use axum::extract::rejection::PathRejection;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -35,10 +39,14 @@ struct TokenParams {
 
 async fn issue_token(
     State(state): State<AppState>,
-    Path(env): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    env: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Ok(Path(env)) = env else {
+        return OAuthError::UnknownEnvironment("(not valid UTF-8)".into()).into_response();
+    };
     if state.settings.environment(&env).is_none() {
         return OAuthError::UnknownEnvironment(env.chars().take(64).collect()).into_response();
     }
@@ -63,7 +71,8 @@ async fn issue_token(
             );
         }
     };
-    match token_request(&state, &env, &headers, &bytes).await {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    match token_request(&state, peer, &env, &headers, &bytes).await {
         Ok(tokens) => {
             let mut r = Json(tokens).into_response();
             r.headers_mut()
@@ -78,23 +87,24 @@ async fn issue_token(
 
 async fn token_request(
     state: &AppState,
+    peer: Option<IpAddr>,
     env: &str,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<oauth::TokenResponse, OAuthError> {
     let params = match parse_params(body) {
         Ok(p) => p,
-        Err(e) => return Err(oauth::refuse_request(state, env, e).await),
+        Err(e) => return Err(oauth::refuse_request(state, peer, env, e).await),
     };
     let grant_type = match params.grant_type.as_deref() {
         None => {
             let e = OAuthError::InvalidRequest("grant_type is required".into());
-            return Err(oauth::refuse_request(state, env, e).await);
+            return Err(oauth::refuse_request(state, peer, env, e).await);
         }
         Some("client_credentials") => "client_credentials",
         Some(other) => {
             let e = OAuthError::UnsupportedGrantType(other.chars().take(64).collect());
-            return Err(oauth::refuse_request(state, env, e).await);
+            return Err(oauth::refuse_request(state, peer, env, e).await);
         }
     };
     debug_assert_eq!(grant_type, "client_credentials");
@@ -102,11 +112,11 @@ async fn token_request(
         Ok(Some(c)) => c,
         // No credentials at all, or a non-Basic Authorization scheme: authentication failed.
         Ok(None) => {
-            return Err(oauth::refuse_request(state, env, OAuthError::InvalidClient).await);
+            return Err(oauth::refuse_request(state, peer, env, OAuthError::InvalidClient).await);
         }
-        Err(e) => return Err(oauth::refuse_request(state, env, e).await),
+        Err(e) => return Err(oauth::refuse_request(state, peer, env, e).await),
     };
-    oauth::client_credentials(state, env, creds, params.scope.as_deref()).await
+    oauth::client_credentials(state, peer, env, creds, params.scope.as_deref()).await
 }
 
 fn parse_params(body: &[u8]) -> Result<TokenParams, OAuthError> {
@@ -184,10 +194,17 @@ fn decode_basic(encoded: &str) -> Option<(String, SecretString)> {
     let raw = zeroize::Zeroizing::new(STANDARD.decode(encoded).ok()?);
     let text = std::str::from_utf8(&raw).ok()?;
     let (id, secret) = text.split_once(':')?;
+    // application/x-www-form-urlencoded of one value: '+' is a space, '%XX' a byte;
+    // a raw '&' or '=' cannot occur in a correctly encoded value.
     let decode = |s: &str| -> Option<String> {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
+        if s.contains(['&', '=']) {
+            return None;
+        }
+        let spaced = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .ok()
+            .map(|v| v.into_owned())
     };
     let id = decode(id)?;
     let secret = decode(secret)?;
@@ -209,6 +226,7 @@ mod tests {
         assert_eq!(secret.expose_secret(), "a+b:c");
         assert!(decode_basic("!!!").is_none());
         assert!(decode_basic(&STANDARD.encode("no-colon")).is_none());
+        assert!(decode_basic(&STANDARD.encode("agt_x:secret&junk")).is_none());
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct ConnectOptions {
     pub acquire_timeout: Duration,
     /// Apply pending migrations on connect.
     pub migrate: bool,
+    /// PostgreSQL: longest statement, lock wait and idle transaction. Kept below the
+    /// request timeout so a stuck lock fails a request with 503, not a hung one.
+    pub statement_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -71,6 +74,7 @@ impl Default for ConnectOptions {
             busy_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
             migrate: true,
+            statement_timeout: Duration::from_secs(10),
         }
     }
 }

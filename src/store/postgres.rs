@@ -24,7 +24,18 @@ impl PgStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> anyhow::Result<PgStore> {
         let connect = PgConnectOptions::from_str(url)
             .map_err(|_| anyhow::anyhow!("invalid PostgreSQL URL {}", crate::config::redact_url(url)))?
-            .application_name("airlock");
+            .application_name("airlock")
+            .options([
+                ("lock_timeout", options.busy_timeout.as_millis().to_string()),
+                (
+                    "statement_timeout",
+                    options.statement_timeout.as_millis().to_string(),
+                ),
+                (
+                    "idle_in_transaction_session_timeout",
+                    options.statement_timeout.as_millis().to_string(),
+                ),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)

@@ -104,6 +104,39 @@ async fn the_store_going_away_gives_503_and_no_token(backend: Backend) {
     assert_eq!(issued, 2, "only the two tokens that were returned are recorded");
 }
 
+/// PostgreSQL only: a transaction stuck holding the chain head (a hung replica, an
+/// operator's open psql session) makes requests fail promptly with a well-formed 503,
+/// instead of hanging until the request deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_lock_on_postgres_gives_a_prompt_503() {
+    use sqlx::Connection;
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let agent = app.create_agent("staging", "ci", &["db:read"]).await;
+    let mut holder = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("begin").execute(&mut holder).await.unwrap();
+    sqlx::query("select seq from audit_head where id = 1 for update")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let resp = app.token("staging", &agent, None).await;
+    let waited = started.elapsed();
+
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(
+        waited < app.state.settings.limits.request_timeout,
+        "failed by the lock timeout ({waited:?}), not the request deadline"
+    );
+    sqlx::query("rollback").execute(&mut holder).await.unwrap();
+    assert_eq!(app.token("staging", &agent, None).await.status(), StatusCode::OK);
+}
+
 /// PostgreSQL only: an embedded SQLite file cannot become unreachable while open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_reports_an_unreachable_postgres() {

@@ -4,5 +4,6 @@
 mod cli;
 mod contract;
 mod failclosed;
+mod hardening;
 mod harness;
 mod tokens;
