@@ -31,6 +31,10 @@ pub struct AppState {
     pub hasher: Arc<SecretHasher>,
     /// Budget of individually audited anonymous refusals.
     pub refusals: Arc<crate::refusals::RefusalLimiter>,
+    /// Bounded Argon2id hashing of people's passwords.
+    pub passwords: Arc<crate::password::Passwords>,
+    /// Seals TOTP secrets.
+    pub master: Arc<MasterKey>,
 }
 
 /// Connection options from settings.
@@ -88,11 +92,18 @@ pub async fn open_state(settings: Settings, migrate: bool) -> anyhow::Result<App
         .collect();
     sets.push(KeySet::Session);
     let keys = KeyRing::load(store.as_ref(), &master, &sets).await?;
+    let passwords = crate::password::Passwords::new(
+        settings.auth.max_concurrent_password_checks,
+        settings.auth.password_queue_timeout,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(AppState {
         refusals: crate::refusals::RefusalLimiter::start(store.clone()),
+        passwords: Arc::new(passwords),
         store,
         keys: Arc::new(keys),
         hasher: Arc::new(master.secret_hasher()),
+        master: Arc::new(master),
         settings: Arc::new(settings),
     })
 }

@@ -37,6 +37,14 @@ pub enum OAuthError {
     UnknownEnvironment(String),
     /// `temporarily_unavailable` (503): the decision could not be recorded.
     Unavailable,
+    /// `invalid_grant` (400): a bad, expired or reused grant (refresh token, device code, session).
+    InvalidGrant(String),
+    /// `authorization_pending` (400, RFC 8628).
+    AuthorizationPending,
+    /// `slow_down` (400, RFC 8628): poll less often.
+    SlowDown,
+    /// `expired_token` (400, RFC 8628).
+    ExpiredToken,
 }
 
 /// A successful token response (RFC 6749 section 5.1). Deliberately not `Debug`.
@@ -186,6 +194,7 @@ pub async fn client_credentials(
         nbf: iat,
         exp: iat + lifetime.as_secs() as i64,
         jti: Uuid::new_v4().to_string(),
+        act: None,
     };
     let signer = state
         .keys

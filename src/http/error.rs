@@ -14,6 +14,21 @@ use crate::oauth::OAuthError;
 /// Errors of Airlock's own JSON resources.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 401: no valid session; sign in again.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// 403 with what is missing.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 400 with what to change.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// A sign-in that did not succeed (401, 429 or 503).
+    #[error("sign-in failed")]
+    SignIn(crate::people::SignInError),
     /// 404 with a resource name.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -30,7 +45,24 @@ pub enum ApiError {
 
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, String) {
+        use crate::people::SignInError as S;
         match self {
+            ApiError::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "sign in first (airlock login); your session may have ended".into(),
+            ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.clone()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            ApiError::SignIn(e) => {
+                let status = match e {
+                    S::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+                    S::Busy | S::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                (status, e.code(), e.message())
+            }
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -45,6 +77,42 @@ impl ApiError {
                 "internal",
                 "internal error".into(),
             ),
+        }
+    }
+}
+
+impl From<crate::people::ManageError> for ApiError {
+    fn from(e: crate::people::ManageError) -> Self {
+        use crate::people::ManageError as M;
+        match e {
+            M::Invalid(m) => ApiError::BadRequest(m),
+            M::NotFound => ApiError::NotFound("user"),
+            M::Conflict(m) => ApiError::Conflict(m),
+            M::Busy => ApiError::Unavailable("too busy; retry shortly"),
+            M::Unavailable => ApiError::Unavailable("the store is unavailable; retry shortly"),
+        }
+    }
+}
+
+impl From<crate::agents::AgentError> for ApiError {
+    fn from(e: crate::agents::AgentError) -> Self {
+        use crate::agents::AgentError as A;
+        match e {
+            A::Invalid(m) => ApiError::BadRequest(m),
+            A::NotFound(_) => ApiError::NotFound("agent"),
+            e @ A::NameTaken { .. } => ApiError::Conflict(e.to_string()),
+            A::Store(_) => ApiError::Unavailable("the store is unavailable; retry shortly"),
+        }
+    }
+}
+
+impl From<crate::people::SessionError> for ApiError {
+    fn from(e: crate::people::SessionError) -> Self {
+        match e {
+            crate::people::SessionError::Invalid => ApiError::Unauthenticated,
+            crate::people::SessionError::Unavailable => {
+                ApiError::Unavailable("the store is unavailable; retry shortly")
+            }
         }
     }
 }
@@ -76,7 +144,7 @@ impl OAuthError {
             OAuthError::UnsupportedGrantType(g) => (
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                format!("grant_type '{g}' is not supported here; use client_credentials"),
+                format!("grant_type '{g}' is not supported at this endpoint"),
             ),
             OAuthError::AccessDenied(m) => (StatusCode::FORBIDDEN, "access_denied", m.clone()),
             OAuthError::UnknownEnvironment(e) => (
@@ -86,6 +154,18 @@ impl OAuthError {
                     "no environment named '{}'",
                     e.chars().take(64).collect::<String>()
                 ),
+            ),
+            OAuthError::InvalidGrant(m) => (StatusCode::BAD_REQUEST, "invalid_grant", m.clone()),
+            OAuthError::AuthorizationPending => (
+                StatusCode::BAD_REQUEST,
+                "authorization_pending",
+                "the code has not been approved yet".into(),
+            ),
+            OAuthError::SlowDown => (StatusCode::BAD_REQUEST, "slow_down", "poll less often".into()),
+            OAuthError::ExpiredToken => (
+                StatusCode::BAD_REQUEST,
+                "expired_token",
+                "the device code expired; start again with airlock login".into(),
             ),
             OAuthError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

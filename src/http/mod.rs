@@ -6,9 +6,12 @@
 //! SECURITY: the request span records the matched route template, never the raw URI
 //! or headers, so query strings and `Authorization` never reach the logs.
 
+mod api;
 mod discovery;
 pub mod error;
+mod extract;
 mod health;
+mod session;
 mod tokens;
 
 use std::time::Duration;
@@ -37,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(discovery::router())
         .merge(tokens::router())
+        .merge(session::router())
+        .merge(api::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -22,6 +22,8 @@ use secrecy::SecretString;
 use super::error::oauth_status;
 use crate::app::AppState;
 use crate::oauth::{self, ClientCredentials, MAX_CREDENTIAL_LEN, OAuthError};
+use crate::people;
+use secrecy::ExposeSecret;
 
 /// Token routes.
 pub fn router() -> Router<AppState> {
@@ -30,11 +32,17 @@ pub fn router() -> Router<AppState> {
 
 /// Parameters we read; others are ignored as RFC 6749 section 3.2 requires.
 #[derive(Default)]
-struct TokenParams {
-    grant_type: Option<String>,
-    scope: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<SecretString>,
+pub(super) struct TokenParams {
+    pub(super) grant_type: Option<String>,
+    pub(super) scope: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<SecretString>,
+    pub(super) subject_token: Option<SecretString>,
+    pub(super) subject_token_type: Option<String>,
+    pub(super) actor_token: Option<String>,
+    pub(super) actor_token_type: Option<String>,
+    pub(super) device_code: Option<SecretString>,
+    pub(super) refresh_token: Option<SecretString>,
 }
 
 async fn issue_token(
@@ -50,26 +58,9 @@ async fn issue_token(
     if state.settings.environment(&env).is_none() {
         return OAuthError::UnknownEnvironment(env.chars().take(64).collect()).into_response();
     }
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-    if !form {
-        return oauth_status(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "the token endpoint takes application/x-www-form-urlencoded",
-        );
-    }
-    let limit = state.settings.limits.max_body_bytes;
-    let bytes = match to_bytes(body, limit).await {
+    let bytes = match read_form_body(&state, &headers, body).await {
         Ok(b) => b,
-        Err(_) => {
-            return oauth_status(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than {limit} bytes"),
-            );
-        }
+        Err(r) => return r,
     };
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     match token_request(&state, peer, &env, &headers, &bytes).await {
@@ -83,6 +74,42 @@ async fn issue_token(
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Read a bounded `application/x-www-form-urlencoded` body, or the OAuth-shaped 415/413.
+pub(super) async fn read_form_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Response> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form {
+        return Err(oauth_status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "this endpoint takes application/x-www-form-urlencoded",
+        ));
+    }
+    let limit = state.settings.limits.max_body_bytes;
+    to_bytes(body, limit).await.map_err(|_| {
+        oauth_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than {limit} bytes"),
+        )
+    })
+}
+
+/// A successful token response with the no-store headers of RFC 6749 section 5.1.
+pub(super) fn no_store_json(body: impl serde::Serialize) -> Response {
+    let mut r = Json(body).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
 }
 
 async fn token_request(
@@ -102,6 +129,20 @@ async fn token_request(
             return Err(oauth::refuse_request(state, peer, env, e).await);
         }
         Some("client_credentials") => "client_credentials",
+        Some(people::TOKEN_EXCHANGE_GRANT) => {
+            let Some(subject) = params.subject_token.as_ref() else {
+                let e = OAuthError::InvalidRequest("subject_token is required".into());
+                return Err(oauth::refuse_request(state, peer, env, e).await);
+            };
+            let req = people::ExchangeRequest {
+                subject_token: subject.expose_secret(),
+                subject_token_type: params.subject_token_type.as_deref().unwrap_or_default(),
+                actor_token: params.actor_token.as_deref(),
+                actor_token_type: params.actor_token_type.as_deref(),
+                scope: params.scope.as_deref(),
+            };
+            return people::exchange(state, peer, env, req).await;
+        }
         Some(other) => {
             let e = OAuthError::UnsupportedGrantType(other.chars().take(64).collect());
             return Err(oauth::refuse_request(state, peer, env, e).await);
@@ -119,7 +160,7 @@ async fn token_request(
     oauth::client_credentials(state, peer, env, creds, params.scope.as_deref()).await
 }
 
-fn parse_params(body: &[u8]) -> Result<TokenParams, OAuthError> {
+pub(super) fn parse_params(body: &[u8]) -> Result<TokenParams, OAuthError> {
     let mut p = TokenParams::default();
     let mut seen: Vec<String> = Vec::new();
     for (key, value) in url::form_urlencoded::parse(body) {
@@ -138,6 +179,12 @@ fn parse_params(body: &[u8]) -> Result<TokenParams, OAuthError> {
             "scope" => p.scope = Some(value.into_owned()),
             "client_id" => p.client_id = Some(value.into_owned()),
             "client_secret" => p.client_secret = Some(SecretString::from(value.into_owned())),
+            "subject_token" => p.subject_token = Some(SecretString::from(value.into_owned())),
+            "subject_token_type" => p.subject_token_type = Some(value.into_owned()),
+            "actor_token" => p.actor_token = Some(value.into_owned()),
+            "actor_token_type" => p.actor_token_type = Some(value.into_owned()),
+            "device_code" => p.device_code = Some(SecretString::from(value.into_owned())),
+            "refresh_token" => p.refresh_token = Some(SecretString::from(value.into_owned())),
             _ => {}
         }
     }
@@ -217,7 +264,6 @@ fn decode_basic(encoded: &str) -> Option<(String, SecretString)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     #[test]
     fn basic_credentials_are_form_decoded() {

@@ -164,6 +164,132 @@ pub fn token_lifetime(env: &EnvironmentSettings) -> Duration {
     env.default_ttl.min(env.max_ttl)
 }
 
+/// Why a person may not have the token they asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HumanRefusal {
+    /// Not a well-formed scope list (`invalid_scope`).
+    Malformed,
+    /// No role gives tokens for this environment (`access_denied`).
+    NoAccess,
+    /// Not in the catalogue, or not offered here (`invalid_scope`).
+    Unknown(String),
+    /// Not among the scopes the person's roles allow here (`invalid_scope`).
+    NotInRole(String),
+    /// Production, or a destructive scope: needs an approved escalation (`access_denied`).
+    NeedsEscalation(Vec<String>),
+    /// Nothing requested and nothing allowed by default (`invalid_scope`).
+    NoneRequested,
+}
+
+impl HumanRefusal {
+    /// `error_description` for the caller.
+    pub fn description(&self, env: &str) -> String {
+        match self {
+            HumanRefusal::Malformed => ScopeRefusal::Malformed.description(env),
+            HumanRefusal::NoAccess => format!("your roles do not give you tokens for environment '{env}'"),
+            HumanRefusal::Unknown(s) => format!("scope '{s}' does not exist in environment '{env}'"),
+            HumanRefusal::NotInRole(s) => {
+                format!("your roles do not allow scope '{s}' in environment '{env}'")
+            }
+            HumanRefusal::NeedsEscalation(scopes) => format!(
+                "environment '{env}' with scope '{}' requires an approved escalation: \
+                 airlock escalate --env {env} --scope {} --reason \"...\"",
+                scopes.join(" "),
+                scopes.join(" --scope ")
+            ),
+            HumanRefusal::NoneRequested => "ask for at least one --scope".to_string(),
+        }
+    }
+
+    /// Audit reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HumanRefusal::Malformed => "malformed_scope",
+            HumanRefusal::NoAccess => "no_role_for_environment",
+            HumanRefusal::Unknown(_) => "unknown_scope",
+            HumanRefusal::NotInRole(_) => "scope_not_in_role",
+            HumanRefusal::NeedsEscalation(_) => "needs_escalation",
+            HumanRefusal::NoneRequested => "no_scope",
+        }
+    }
+
+    /// Whether the OAuth answer is `access_denied` (else `invalid_scope`).
+    pub fn is_access_denied(&self) -> bool {
+        matches!(self, HumanRefusal::NoAccess | HumanRefusal::NeedsEscalation(_))
+    }
+}
+
+/// The roles that count for a person. Admin and approver roles take effect only once
+/// TOTP is enrolled: those are the roles an attacker with a stolen password wants.
+pub fn effective_roles(settings: &Settings, roles: &[String], totp_enrolled: bool) -> Vec<String> {
+    roles
+        .iter()
+        .filter(|r| settings.roles.contains_key(*r))
+        .filter(|r| {
+            let privileged = settings.roles[*r].admin
+                || settings
+                    .environments
+                    .values()
+                    .any(|e| &e.approval.approver_role == *r);
+            totp_enrolled || !privileged
+        })
+        .cloned()
+        .collect()
+}
+
+/// The scopes a person gets in `env` for a request (`None`: no `scope` parameter).
+pub fn human_scopes(
+    settings: &Settings,
+    env: &EnvironmentSettings,
+    env_name: &str,
+    roles: &[String],
+    requested: Option<&str>,
+) -> Result<Vec<String>, HumanRefusal> {
+    let mut allowed: Vec<&String> = Vec::new();
+    let mut any_role = false;
+    for role in roles.iter().filter_map(|r| settings.roles.get(r)) {
+        if let Some(scopes) = role.tokens.get(env_name) {
+            any_role = true;
+            allowed.extend(scopes.iter());
+        }
+    }
+    if !any_role {
+        return Err(HumanRefusal::NoAccess);
+    }
+    let wanted = match requested {
+        Some(raw) => parse_scope_param(raw).map_err(|_| HumanRefusal::Malformed)?,
+        None => allowed
+            .iter()
+            .filter(|s| settings.scopes.get(s.as_str()).is_some_and(|c| !c.destructive))
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    if wanted.is_empty() {
+        return Err(HumanRefusal::NoneRequested);
+    }
+    for scope in &wanted {
+        if !settings.env_offers_scope(env, scope) {
+            return Err(HumanRefusal::Unknown(scope.clone()));
+        }
+        if !allowed.contains(&scope) {
+            return Err(HumanRefusal::NotInRole(scope.clone()));
+        }
+    }
+    // SECURITY: invariants 3 and 5. Until escalations exist, this is the whole answer.
+    let destructive: Vec<String> = wanted
+        .iter()
+        .filter(|s| settings.scopes[s.as_str()].destructive)
+        .cloned()
+        .collect();
+    if env.tier == crate::config::Tier::Prod {
+        return Err(HumanRefusal::NeedsEscalation(wanted));
+    }
+    if !destructive.is_empty() {
+        return Err(HumanRefusal::NeedsEscalation(destructive));
+    }
+    Ok(wanted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +394,52 @@ mod tests {
         env.default_ttl = Duration::from_secs(7200);
         env.max_ttl = Duration::from_secs(60);
         assert_eq!(token_lifetime(&env), Duration::from_secs(60));
+    }
+    #[test]
+    fn people_get_only_what_their_roles_give_and_never_prod_or_destructive() {
+        let s = settings();
+        let dev = vec!["developer".to_string()];
+        let staging = &s.environments["staging"];
+        assert_eq!(
+            human_scopes(&s, staging, "staging", &dev, Some("db:read")),
+            Ok(vec!["db:read".into()])
+        );
+        assert_eq!(
+            human_scopes(&s, staging, "staging", &dev, Some("db:migrate")),
+            Err(HumanRefusal::NotInRole("db:migrate".into()))
+        );
+        let prod = &s.environments["prod"];
+        let r = human_scopes(&s, prod, "prod", &dev, Some("db:read")).unwrap_err();
+        assert!(r.is_access_denied() && r.description("prod").contains("airlock escalate"));
+        let mut s2 = s.clone();
+        s2.roles
+            .get_mut("developer")
+            .unwrap()
+            .tokens
+            .insert("dev".into(), vec!["db:read".into(), "db:drop".into()]);
+        let r = human_scopes(&s2, &s2.environments["dev"], "dev", &dev, Some("db:drop")).unwrap_err();
+        assert_eq!(r, HumanRefusal::NeedsEscalation(vec!["db:drop".into()]));
+        // Destructive scopes are not defaults.
+        assert_eq!(
+            human_scopes(&s2, &s2.environments["dev"], "dev", &dev, None),
+            Ok(vec!["db:read".into()])
+        );
+        assert_eq!(
+            human_scopes(&s, staging, "staging", &["approver".to_string()], Some("db:read")),
+            Err(HumanRefusal::NoAccess)
+        );
+    }
+
+    #[test]
+    fn admin_and_approver_roles_wait_for_totp() {
+        let s = settings();
+        let roles = vec![
+            "developer".to_string(),
+            "admin".to_string(),
+            "approver".to_string(),
+            "ghost".to_string(),
+        ];
+        assert_eq!(effective_roles(&s, &roles, false), vec!["developer".to_string()]);
+        assert_eq!(effective_roles(&s, &roles, true), roles[..3].to_vec());
     }
 }

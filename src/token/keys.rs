@@ -194,7 +194,11 @@ fn open_signer(master: &MasterKey, stored: &StoredKey) -> Result<Signer, TokenEr
             stored.kid
         )));
     }
-    let header = serde_json::json!({ "alg": "EdDSA", "kid": stored.kid, "typ": "at+jwt" });
+    let typ = match stored.keyset {
+        KeySet::Environment(_) => super::ACCESS_TYP,
+        KeySet::Session => super::SESSION_TYP,
+    };
+    let header = serde_json::json!({ "alg": "EdDSA", "kid": stored.kid, "typ": typ });
     Ok(Signer {
         kid: stored.kid.clone(),
         key,

@@ -43,6 +43,43 @@ pub enum TokenError {
     Internal(String),
 }
 
+/// `typ` of environment access tokens (RFC 9068).
+pub const ACCESS_TYP: &str = "at+jwt";
+/// `typ` of Airlock's own session tokens: never accepted where `at+jwt` is expected.
+pub const SESSION_TYP: &str = "airlock-session+jwt";
+/// Audience of session tokens: Airlock itself.
+pub const SESSION_AUDIENCE: &str = "airlock";
+
+/// Claims of a session access token, signed with the session key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    /// `{public_url}`.
+    pub iss: String,
+    /// The person's id.
+    pub sub: String,
+    /// Always [`SESSION_AUDIENCE`].
+    pub aud: String,
+    /// Their username, for display.
+    pub username: String,
+    /// Session id.
+    pub sid: String,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Expiry.
+    pub exp: i64,
+    /// Token id.
+    pub jti: String,
+}
+
+/// The `act` claim (RFC 8693 section 4.1): who acts on behalf of `sub`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The acting party, e.g. `process:claude`.
+    pub sub: String,
+}
+
 /// Claims of an environment access token (RFC 9068 section 2.2, plus `env`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -66,6 +103,9 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Unique token id; recorded in the audit trail.
     pub jti: String,
+    /// Delegation: the process acting for the person (RFC 8693).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
 }
 
 /// Sign `claims` as a compact JWS with `signer`.
@@ -91,12 +131,48 @@ pub fn verify(
     now: i64,
     leeway: u64,
 ) -> Result<AccessClaims, TokenError> {
+    let c: AccessClaims = verify_jws(token, jwks, ACCESS_TYP, issuer, audience, leeway)?;
+    check_time(c.exp, c.nbf, now, leeway)?;
+    Ok(c)
+}
+
+/// Verify a session token against the session key set.
+pub fn verify_session(
+    token: &str,
+    jwks: &[Jwk],
+    issuer: &str,
+    now: i64,
+) -> Result<SessionClaims, TokenError> {
+    let c: SessionClaims = verify_jws(token, jwks, SESSION_TYP, issuer, SESSION_AUDIENCE, 0)?;
+    check_time(c.exp, c.nbf, now, 0)?;
+    Ok(c)
+}
+
+fn check_time(exp: i64, nbf: i64, now: i64, leeway: u64) -> Result<(), TokenError> {
+    let leeway = leeway as i64;
+    if exp + leeway <= now || nbf - leeway > now {
+        return Err(TokenError::Invalid("expired or not yet valid".into()));
+    }
+    Ok(())
+}
+
+fn verify_jws<C: serde::de::DeserializeOwned>(
+    token: &str,
+    jwks: &[Jwk],
+    typ: &str,
+    issuer: &str,
+    audience: &str,
+    leeway: u64,
+) -> Result<C, TokenError> {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+    if token.len() > 8192 {
+        return Err(TokenError::Invalid("token too long".into()));
+    }
     let header = decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
     if header.alg != Algorithm::EdDSA {
         return Err(TokenError::Invalid("unexpected algorithm".into()));
     }
-    if header.typ.as_deref() != Some("at+jwt") {
+    if header.typ.as_deref() != Some(typ) {
         return Err(TokenError::Invalid("unexpected typ".into()));
     }
     let kid = header.kid.ok_or_else(|| TokenError::Invalid("no kid".into()))?;
@@ -111,13 +187,7 @@ pub fn verify(
     v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]);
     v.validate_nbf = true;
     v.leeway = leeway;
-    // jsonwebtoken checks exp/nbf against the wall clock; check against `now` as well so
-    // callers with an injected clock get the same answer.
-    let data = decode::<AccessClaims>(token, &key, &v).map_err(|e| TokenError::Invalid(e.to_string()))?;
-    let c = data.claims;
-    let leeway = leeway as i64;
-    if c.exp + leeway <= now || c.nbf - leeway > now {
-        return Err(TokenError::Invalid("expired or not yet valid".into()));
-    }
-    Ok(c)
+    decode::<C>(token, &key, &v)
+        .map(|d| d.claims)
+        .map_err(|e| TokenError::Invalid(e.to_string()))
 }

@@ -490,11 +490,14 @@ async fn discovery_documents_describe_each_environment(backend: Backend) {
         assert_eq!(meta["jwks_uri"], format!("{issuer}/jwks.json"));
         assert_eq!(
             meta["grant_types_supported"],
-            serde_json::json!(["client_credentials"])
+            serde_json::json!([
+                "client_credentials",
+                "urn:ietf:params:oauth:grant-type:token-exchange"
+            ])
         );
         assert_eq!(
             meta["token_endpoint_auth_methods_supported"],
-            serde_json::json!(["client_secret_basic", "client_secret_post"])
+            serde_json::json!(["client_secret_basic", "client_secret_post", "none"])
         );
         let keys = jwks(&app, env).await;
         assert_eq!(keys.keys.len(), 1);

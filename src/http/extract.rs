@@ -1,0 +1,87 @@
+//! Extractors whose rejections are [`ApiError`]s: the authenticated caller and JSON
+//! bodies.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::people::{self, Authenticated};
+
+/// A person authenticated by `Authorization: Bearer <session access token>`.
+/// Every request re-checks the session in the store, so logout, revocation and
+/// disabling take effect at once.
+pub struct Caller(pub Authenticated);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or(ApiError::Unauthenticated)?;
+        let auth = people::authenticate_session(state, token.trim())
+            .await
+            .map_err(|e| {
+                tracing::debug!(?e, "session authentication failed");
+                ApiError::from(e)
+            })?;
+        Ok(Caller(auth))
+    }
+}
+
+impl Caller {
+    /// The audit actor.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.0.user.username)
+    }
+
+    /// Refuse unless the caller holds an effective admin role (TOTP enrolled).
+    pub fn require_admin(&self, state: &AppState) -> Result<(), ApiError> {
+        let user = &self.0.user;
+        let roles = crate::policy::effective_roles(&state.settings, &user.roles, user.totp_enrolled());
+        if state.settings.is_admin(&roles) {
+            Ok(())
+        } else if state.settings.is_admin(&user.roles) {
+            Err(ApiError::Forbidden(
+                "your admin role takes effect once you enrol TOTP: airlock totp enroll".into(),
+            ))
+        } else {
+            Err(ApiError::Forbidden("this needs an admin role".into()))
+        }
+    }
+}
+
+/// `Json<T>` whose rejection is our error shape, with unknown fields refused by `T`.
+pub struct AppJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(AppJson(v)),
+            // SECURITY: serde's messages can quote values (a password of the wrong type);
+            // say what kind of problem it is, never what was sent.
+            Err(rejection) => Err(ApiError::BadRequest(
+                match rejection {
+                    axum::extract::rejection::JsonRejection::MissingJsonContentType(_) => {
+                        "send Content-Type: application/json"
+                    }
+                    axum::extract::rejection::JsonRejection::JsonSyntaxError(_) => {
+                        "the body is not valid JSON"
+                    }
+                    axum::extract::rejection::JsonRejection::JsonDataError(_) => {
+                        "the JSON fields do not match this endpoint (see /v1/openapi.json)"
+                    }
+                    _ => "the body could not be read",
+                }
+                .into(),
+            )),
+        }
+    }
+}

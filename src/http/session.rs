@@ -1,0 +1,104 @@
+//! Airlock's own authorization server, for people: RFC 8414 metadata, the session JWKS,
+//! RFC 8628 device authorization, and `/oauth/token` for the device-code and refresh
+//! grants. The tokens it issues are accepted by no environment (invariant 3).
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use super::tokens::{no_store_json, parse_params, read_form_body};
+use crate::app::AppState;
+use crate::domain::KeySet;
+use crate::oauth::OAuthError;
+use crate::people::{self, CLI_CLIENT_ID, DEVICE_CODE_GRANT};
+
+/// Routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/oauth/jwks.json", get(jwks))
+        .route("/oauth/device_authorization", post(device_authorization))
+        .route("/oauth/token", post(token))
+}
+
+async fn metadata(State(state): State<AppState>) -> Response {
+    let base = &state.settings.public_url;
+    Json(json!({
+        "issuer": base,
+        "token_endpoint": format!("{base}/oauth/token"),
+        "device_authorization_endpoint": format!("{base}/oauth/device_authorization"),
+        "jwks_uri": format!("{base}/oauth/jwks.json"),
+        "grant_types_supported": [DEVICE_CODE_GRANT, "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "response_types_supported": [],
+        "service_documentation": format!("{base}/v1/openapi.json"),
+    }))
+    .into_response()
+}
+
+async fn jwks(State(state): State<AppState>) -> Result<Response, OAuthError> {
+    let keys = state.keys.jwks(&KeySet::Session).ok_or(OAuthError::Unavailable)?;
+    Ok(Json(json!({ "keys": keys })).into_response())
+}
+
+fn peer_ip(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<std::net::IpAddr> {
+    peer.map(|Extension(ConnectInfo(a))| a.ip())
+}
+
+async fn device_authorization(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match read_form_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let params = match parse_params(&bytes) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let client_id = params.client_id.unwrap_or_default();
+    match people::device_authorize(&state, peer_ip(peer), &client_id).await {
+        Ok(d) => no_store_json(d),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match read_form_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let params = match parse_params(&bytes) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if params.client_id.as_deref() != Some(CLI_CLIENT_ID) {
+        return OAuthError::InvalidClient.into_response();
+    }
+    let result = match params.grant_type.as_deref() {
+        Some(DEVICE_CODE_GRANT) => match &params.device_code {
+            Some(code) => people::device_poll(&state, code.expose_secret(), CLI_CLIENT_ID).await,
+            None => Err(OAuthError::InvalidRequest("device_code is required".into())),
+        },
+        Some("refresh_token") => match &params.refresh_token {
+            Some(t) => people::refresh(&state, t.expose_secret()).await,
+            None => Err(OAuthError::InvalidRequest("refresh_token is required".into())),
+        },
+        Some(other) => Err(OAuthError::UnsupportedGrantType(other.chars().take(64).collect())),
+        None => Err(OAuthError::InvalidRequest("grant_type is required".into())),
+    };
+    match result {
+        Ok(tokens) => no_store_json(tokens),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,1257 @@
+//! People: sign-in, sessions, the device flow, token exchange, TOTP and administration.
+//!
+//! Shared by the HTTP API, the web pages and the CLI. Invariant 3: a session token is
+//! signed with the session key and only ever exchanged here for an environment token,
+//! within the person's roles and never for a prod-tier environment or a destructive
+//! scope (those need an escalation). Invariant 4 prepares: admin and approver roles take
+//! effect only with TOTP enrolled. Invariant 8: refresh tokens, device codes and web
+//! cookies are stored only as keyed hashes; TOTP secrets sealed under the master key.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::domain::{
+    DeviceCode, DeviceStatus, KeySet, NewAuditEvent, Outcome, Session, SessionKind, Throttle, User, now,
+};
+use crate::oauth::{OAuthError, TokenResponse};
+use crate::password::{MAX_PASSWORD_LEN, PasswordError, check_policy};
+use crate::policy::{self, HumanRefusal};
+use crate::store::{RefreshOutcome, StoreError, UserChange};
+use crate::token::{self, AccessClaims, Actor, SessionClaims};
+
+/// The CLI's public client id (device flow, refresh, token exchange).
+pub const CLI_CLIENT_ID: &str = "airlock-cli";
+/// `subject_token_type` accepted by the token exchange.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// `actor_token_type` naming a local process launched by `airlock exec`.
+pub const PROCESS_TOKEN_TYPE: &str = "urn:airlock:params:oauth:token-type:process";
+/// RFC 8693 grant type.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8628 grant type.
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// Characters of user codes: no vowels (no words), no look-alikes (RFC 8628 section 6.1).
+const USER_CODE_ALPHABET: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
+
+/// Why a sign-in failed. Wrong username and wrong password are the same answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignInError {
+    /// Unknown person, wrong password, or disabled.
+    InvalidCredentials,
+    /// The password was right; a TOTP code is needed too.
+    TotpRequired,
+    /// The TOTP code was wrong or already used.
+    TotpInvalid,
+    /// Too many failures: retry after this many seconds.
+    Throttled(u64),
+    /// Too many sign-ins at once.
+    Busy,
+    /// The store failed.
+    Unavailable,
+}
+
+impl SignInError {
+    /// A message for the person.
+    pub fn message(&self) -> String {
+        match self {
+            SignInError::InvalidCredentials => "wrong username or password".into(),
+            SignInError::TotpRequired => "enter the code from your authenticator app".into(),
+            SignInError::TotpInvalid => {
+                "that code is wrong or was already used; wait for the next one".into()
+            }
+            SignInError::Throttled(s) => format!("too many failed sign-ins; try again in {s} seconds"),
+            SignInError::Busy => "too many sign-ins at once; try again in a few seconds".into(),
+            SignInError::Unavailable => "Airlock cannot record sign-ins right now; try again shortly".into(),
+        }
+    }
+
+    /// Stable code for APIs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignInError::InvalidCredentials => "invalid_credentials",
+            SignInError::TotpRequired => "totp_required",
+            SignInError::TotpInvalid => "totp_invalid",
+            SignInError::Throttled(_) => "throttled",
+            SignInError::Busy => "busy",
+            SignInError::Unavailable => "unavailable",
+        }
+    }
+}
+
+fn unavailable<E: std::fmt::Debug>(e: E) -> SignInError {
+    tracing::error!(error = ?e, "store failure during sign-in");
+    SignInError::Unavailable
+}
+
+/// Normalise a username: trimmed, lowercase, 1-64 of `a-z0-9._-@`, not `agt_...`.
+pub fn normalize_username(raw: &str) -> Option<String> {
+    let u = raw.trim().to_ascii_lowercase();
+    let ok = !u.is_empty()
+        && u.len() <= 64
+        && !u.starts_with(crate::domain::CLIENT_ID_PREFIX)
+        && u.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    ok.then_some(u)
+}
+
+fn throttle_keys(username: &str, peer: Option<IpAddr>) -> Vec<String> {
+    let mut keys = vec![format!("user:{username}")];
+    if let Some(ip) = peer {
+        keys.push(format!("ip:{ip}"));
+    }
+    keys
+}
+
+/// How long a key is blocked after `failures` consecutive failures.
+pub fn throttle_delay(failures: i64, free: u32, max: Duration) -> Option<Duration> {
+    let over = failures - i64::from(free);
+    if over <= 0 {
+        return None;
+    }
+    let secs = 1u64.checked_shl((over - 1).min(30) as u32).unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs).min(max))
+}
+
+async fn check_throttle(state: &AppState, keys: &[String], at: OffsetDateTime) -> Result<(), SignInError> {
+    let throttles = state.store.throttles(keys).await.map_err(unavailable)?;
+    let wait = throttles
+        .iter()
+        .filter_map(|t| t.blocked_until)
+        .filter(|until| *until > at)
+        .map(|until| (until - at).whole_seconds().max(1) as u64)
+        .max();
+    match wait {
+        Some(s) => Err(SignInError::Throttled(s)),
+        None => Ok(()),
+    }
+}
+
+async fn record_failure(state: &AppState, keys: &[String], at: OffsetDateTime) -> Result<(), SignInError> {
+    let auth = &state.settings.auth;
+    let existing = state.store.throttles(keys).await.map_err(unavailable)?;
+    for key in keys {
+        // Failures older than the longest delay are forgotten.
+        let previous = existing
+            .iter()
+            .find(|t| &t.key == key)
+            .filter(|t| at - t.updated_at < auth.throttle_max_delay * 2)
+            .map(|t| t.failures)
+            .unwrap_or(0);
+        let failures = previous + 1;
+        let blocked_until =
+            throttle_delay(failures, auth.throttle_free_failures, auth.throttle_max_delay).map(|d| at + d);
+        let t = Throttle {
+            key: key.clone(),
+            failures,
+            blocked_until,
+            updated_at: at,
+        };
+        state.store.throttle_failure(&t).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+async fn audit_sign_in_failure(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    user: Option<&User>,
+    reason: &'static str,
+    via: &str,
+) -> Result<(), SignInError> {
+    // SECURITY: name the account only if it exists, so a password typed into the
+    // username field is never recorded.
+    let event = NewAuditEvent::new("login.failed", "anonymous", Outcome::Refused)
+        .subject(
+            user.map(|u| u.username.clone())
+                .unwrap_or_else(|| "[unknown]".into()),
+        )
+        .detail("reason", reason)
+        .detail("via", via.to_string())
+        .detail("client_address", peer.map(|p| p.to_string()));
+    if user.is_some() || state.refusals.admit(peer, "login", reason) {
+        state.store.append_audit(event).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Check a person's password (and TOTP code when enrolled), with throttling per account
+/// and per client address. `via` names the channel for the audit trail.
+pub async fn sign_in(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    raw_username: &str,
+    password: SecretString,
+    totp_code: Option<&str>,
+    via: &str,
+) -> Result<User, SignInError> {
+    let at = now();
+    let username = normalize_username(raw_username).unwrap_or_else(|| "[invalid]".into());
+    let keys = throttle_keys(&username, peer);
+    if let Err(e) = check_throttle(state, &keys, at).await {
+        if let SignInError::Throttled(_) = e {
+            audit_sign_in_failure(state, peer, None, "throttled", via).await?;
+        }
+        return Err(e);
+    }
+    let user = match state.store.user_by_username(&username).await {
+        Ok(u) => Some(u),
+        Err(StoreError::NotFound) => None,
+        Err(e) => return Err(unavailable(e)),
+    };
+    let too_long = password.expose_secret().len() > MAX_PASSWORD_LEN;
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let ok = if too_long {
+        false
+    } else {
+        state
+            .passwords
+            .verify(password, stored)
+            .await
+            .map_err(|e| match e {
+                PasswordError::Busy => SignInError::Busy,
+                PasswordError::Internal => SignInError::Unavailable,
+            })?
+    };
+    let user = match user {
+        Some(u) if ok && !u.disabled => u,
+        other => {
+            record_failure(state, &keys, at).await?;
+            let reason = match &other {
+                None => "unknown_user",
+                Some(u) if u.disabled && ok => "disabled",
+                Some(_) => "wrong_password",
+            };
+            audit_sign_in_failure(state, peer, other.as_ref(), reason, via).await?;
+            return Err(SignInError::InvalidCredentials);
+        }
+    };
+    if user.totp_enrolled() {
+        let Some(code) = totp_code else {
+            return Err(SignInError::TotpRequired);
+        };
+        if !verify_totp(state, &user, code).await? {
+            record_failure(state, &keys, at).await?;
+            audit_sign_in_failure(state, peer, Some(&user), "wrong_or_replayed_totp", via).await?;
+            return Err(SignInError::TotpInvalid);
+        }
+    }
+    state.store.throttle_reset(&keys[0]).await.map_err(unavailable)?;
+    Ok(user)
+}
+
+/// Check a TOTP code of `user` and consume its time step (no replay).
+pub async fn verify_totp(state: &AppState, user: &User, code: &str) -> Result<bool, SignInError> {
+    let Some(sealed) = &user.totp_sealed else {
+        return Ok(false);
+    };
+    let secret = state
+        .master
+        .open(&totp_context(user.id), sealed)
+        .map_err(unavailable)?;
+    let Some(step) = crate::totp::matching_step(&secret, code, now().unix_timestamp()) else {
+        return Ok(false);
+    };
+    state
+        .store
+        .use_totp_step(user.id, step)
+        .await
+        .map_err(unavailable)
+}
+
+fn totp_context(user: Uuid) -> String {
+    format!("totp:{user}")
+}
+
+/// Tokens of a CLI session.
+#[derive(Clone, Serialize)]
+pub struct SessionTokens {
+    /// Session access token (for Airlock only).
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Rotating refresh token.
+    pub refresh_token: String,
+    /// The session.
+    pub session_id: Uuid,
+    /// Whose.
+    pub username: String,
+}
+
+fn random_token(prefix: &str) -> Result<String, OAuthError> {
+    let mut bytes = [0u8; 32];
+    crate::secrets::random_bytes(&mut bytes).map_err(|_| OAuthError::Unavailable)?;
+    Ok(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+fn hash_of(state: &AppState, purpose: &str, secret: &str) -> Vec<u8> {
+    state.hasher.hash(purpose, secret).to_vec()
+}
+
+/// Sign a session access token for `session`.
+fn session_access_token(
+    state: &AppState,
+    user: &User,
+    session: &Session,
+) -> Result<(String, u64), OAuthError> {
+    let at = now();
+    let exp = (at + state.settings.auth.session_access_ttl).min(session.expires_at);
+    let claims = SessionClaims {
+        iss: state.settings.public_url.clone(),
+        sub: user.id.to_string(),
+        aud: token::SESSION_AUDIENCE.into(),
+        username: user.username.clone(),
+        sid: session.id.to_string(),
+        iat: at.unix_timestamp(),
+        nbf: at.unix_timestamp(),
+        exp: exp.unix_timestamp(),
+        jti: Uuid::new_v4().to_string(),
+    };
+    let signer = state
+        .keys
+        .signer(&KeySet::Session)
+        .ok_or(OAuthError::Unavailable)?;
+    let jwt = token::sign(&signer, &claims).map_err(|_| OAuthError::Unavailable)?;
+    Ok((jwt, (exp - at).whole_seconds().max(0) as u64))
+}
+
+fn new_session(state: &AppState, user: &User, kind: SessionKind, secret_hash: Option<Vec<u8>>) -> Session {
+    let at = now();
+    let lifetime = match kind {
+        SessionKind::Cli => state.settings.auth.session_lifetime,
+        SessionKind::Web => state.settings.auth.web_session_lifetime,
+    };
+    Session {
+        id: Uuid::new_v4(),
+        user_id: user.id,
+        kind,
+        secret_hash,
+        created_at: at,
+        last_used_at: at,
+        expires_at: at + lifetime,
+        revoked_at: None,
+        revoked_reason: None,
+    }
+}
+
+fn session_event(kind: &str, user: &User, session: &Session, via: &str) -> NewAuditEvent {
+    NewAuditEvent::new(kind, format!("user:{}", user.username), Outcome::Success)
+        .subject(session.id.to_string())
+        .detail("via", via.to_string())
+}
+
+/// Start a CLI session for a signed-in person.
+pub async fn start_cli_session(
+    state: &AppState,
+    user: &User,
+    via: &str,
+) -> Result<SessionTokens, OAuthError> {
+    let session = new_session(state, user, SessionKind::Cli, None);
+    let refresh = random_token("airlock_refresh_")?;
+    let event = session_event("session.created", user, &session, via);
+    state
+        .store
+        .create_session(&session, Some(&hash_of(state, "refresh", &refresh)), event)
+        .await
+        .map_err(|_| OAuthError::Unavailable)?;
+    let (access_token, expires_in) = session_access_token(state, user, &session)?;
+    Ok(SessionTokens {
+        access_token,
+        token_type: "Bearer",
+        expires_in,
+        refresh_token: refresh,
+        session_id: session.id,
+        username: user.username.clone(),
+    })
+}
+
+/// Start a browser session; returns the cookie value.
+pub async fn start_web_session(state: &AppState, user: &User) -> Result<(Session, String), OAuthError> {
+    let cookie = random_token("")?;
+    let session = new_session(
+        state,
+        user,
+        SessionKind::Web,
+        Some(hash_of(state, "web", &cookie)),
+    );
+    let event = session_event("session.created", user, &session, "web");
+    state
+        .store
+        .create_session(&session, None, event)
+        .await
+        .map_err(|_| OAuthError::Unavailable)?;
+    Ok((session, cookie))
+}
+
+/// Why a session is not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionError {
+    /// Bad, expired, revoked or idle: sign in again.
+    Invalid,
+    /// The store failed.
+    Unavailable,
+}
+
+/// A person authenticated by a live session.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Who.
+    pub user: User,
+    /// Which session.
+    pub session: Session,
+}
+
+fn check_session(
+    state: &AppState,
+    session: &Session,
+    user: &User,
+    kind: SessionKind,
+) -> Result<(), SessionError> {
+    let at = now();
+    let idle = state.settings.auth.session_idle_timeout;
+    let live = session.kind == kind
+        && session.revoked_at.is_none()
+        && session.expires_at > at
+        && session.last_used_at + idle > at
+        && session.user_id == user.id
+        && !user.disabled;
+    if live { Ok(()) } else { Err(SessionError::Invalid) }
+}
+
+async fn load(state: &AppState, sid: Uuid, uid: Uuid) -> Result<(Session, User), SessionError> {
+    let map = |e: StoreError| match e {
+        StoreError::NotFound => SessionError::Invalid,
+        _ => SessionError::Unavailable,
+    };
+    let session = state.store.session(sid).await.map_err(map)?;
+    let user = state.store.user_by_id(uid).await.map_err(map)?;
+    Ok((session, user))
+}
+
+/// Authenticate a session access token (`Authorization: Bearer` or a token exchange's
+/// `subject_token`). Revocation, idle and absolute limits and a disabled person all end
+/// it at once: every use is checked against the store.
+pub async fn authenticate_session(state: &AppState, bearer: &str) -> Result<Authenticated, SessionError> {
+    let jwks = state
+        .keys
+        .jwks(&KeySet::Session)
+        .ok_or(SessionError::Unavailable)?;
+    let claims = token::verify_session(bearer, &jwks, &state.settings.public_url, now().unix_timestamp())
+        .map_err(|_| SessionError::Invalid)?;
+    let sid = Uuid::parse_str(&claims.sid).map_err(|_| SessionError::Invalid)?;
+    let uid = Uuid::parse_str(&claims.sub).map_err(|_| SessionError::Invalid)?;
+    let (session, user) = load(state, sid, uid).await?;
+    check_session(state, &session, &user, SessionKind::Cli)?;
+    Ok(Authenticated { user, session })
+}
+
+/// Authenticate a browser cookie.
+pub async fn authenticate_web(state: &AppState, cookie: &str) -> Result<Authenticated, SessionError> {
+    if cookie.len() > 128 {
+        return Err(SessionError::Invalid);
+    }
+    let session = match state
+        .store
+        .session_by_secret(&hash_of(state, "web", cookie))
+        .await
+    {
+        Ok(s) => s,
+        Err(StoreError::NotFound) => return Err(SessionError::Invalid),
+        Err(_) => return Err(SessionError::Unavailable),
+    };
+    let (session, user) = load(state, session.id, session.user_id).await?;
+    check_session(state, &session, &user, SessionKind::Web)?;
+    Ok(Authenticated { user, session })
+}
+
+/// End a session (logout).
+pub async fn end_session(state: &AppState, auth: &Authenticated, reason: &str) -> Result<(), SessionError> {
+    let event = session_event("session.revoked", &auth.user, &auth.session, reason);
+    match state.store.revoke_session(auth.session.id, reason, event).await {
+        Ok(()) | Err(StoreError::NotFound) => Ok(()),
+        Err(_) => Err(SessionError::Unavailable),
+    }
+}
+
+/// `grant_type=refresh_token`: rotate the refresh token; a reused one ends the session.
+pub async fn refresh(state: &AppState, presented: &str) -> Result<SessionTokens, OAuthError> {
+    let gone = || OAuthError::InvalidGrant("the session has ended; run airlock login".into());
+    if presented.len() > 256 {
+        return Err(gone());
+    }
+    let old_hash = hash_of(state, "refresh", presented);
+    let sid = match state.store.refresh_token_session(&old_hash).await {
+        Ok(s) => s,
+        Err(StoreError::NotFound) => return Err(gone()),
+        Err(_) => return Err(OAuthError::Unavailable),
+    };
+    let session = state
+        .store
+        .session(sid)
+        .await
+        .map_err(|_| OAuthError::Unavailable)?;
+    let user = state
+        .store
+        .user_by_id(session.user_id)
+        .await
+        .map_err(|_| OAuthError::Unavailable)?;
+    check_session(state, &session, &user, SessionKind::Cli).map_err(|_| gone())?;
+    let new = random_token("airlock_refresh_")?;
+    let actor = format!("user:{}", user.username);
+    let rotated = NewAuditEvent::new("session.refreshed", actor.clone(), Outcome::Success);
+    let reused = NewAuditEvent::new("session.refresh_reuse", actor, Outcome::Refused)
+        .detail("action", "session revoked");
+    match state
+        .store
+        .rotate_refresh_token(
+            &old_hash,
+            &hash_of(state, "refresh", &new),
+            now(),
+            rotated,
+            reused,
+        )
+        .await
+    {
+        Ok(RefreshOutcome::Rotated(_)) => {
+            let (access_token, expires_in) = session_access_token(state, &user, &session)?;
+            Ok(SessionTokens {
+                access_token,
+                token_type: "Bearer",
+                expires_in,
+                refresh_token: new,
+                session_id: session.id,
+                username: user.username,
+            })
+        }
+        Ok(RefreshOutcome::Reused(_)) => {
+            tracing::warn!(session = %session.id, "refresh token reuse; session revoked");
+            Err(OAuthError::InvalidGrant(
+                "this refresh token was already used, so the session has been ended; run airlock login"
+                    .into(),
+            ))
+        }
+        Err(_) => Err(OAuthError::Unavailable),
+    }
+}
+
+/// Parameters of an RFC 8693 exchange.
+pub struct ExchangeRequest<'a> {
+    /// The session access token.
+    pub subject_token: &'a str,
+    /// Must be [`ACCESS_TOKEN_TYPE`].
+    pub subject_token_type: &'a str,
+    /// Name of the process acting for the person, if any.
+    pub actor_token: Option<&'a str>,
+    /// Must be [`PROCESS_TOKEN_TYPE`] when `actor_token` is given.
+    pub actor_token_type: Option<&'a str>,
+    /// Requested scopes.
+    pub scope: Option<&'a str>,
+}
+
+fn actor_from(token: Option<&str>, typ: Option<&str>) -> Result<Option<Actor>, OAuthError> {
+    match (token, typ) {
+        (None, None) => Ok(None),
+        (Some(name), Some(PROCESS_TOKEN_TYPE)) => {
+            let clean: String = name
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+                .take(64)
+                .collect();
+            if clean.is_empty() {
+                return Err(OAuthError::InvalidRequest(
+                    "actor_token must name the process".into(),
+                ));
+            }
+            Ok(Some(Actor {
+                sub: format!("process:{clean}"),
+            }))
+        }
+        _ => Err(OAuthError::InvalidRequest(format!(
+            "actor_token and actor_token_type go together; the only actor type is {PROCESS_TOKEN_TYPE}"
+        ))),
+    }
+}
+
+/// `grant_type=token-exchange` at environment `env_name`: a session token in, an
+/// environment token out, within the person's roles.
+pub async fn exchange(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    env_name: &str,
+    req: ExchangeRequest<'_>,
+) -> Result<TokenResponse, OAuthError> {
+    let env = state
+        .settings
+        .environment(env_name)
+        .ok_or_else(|| OAuthError::UnknownEnvironment(env_name.to_string()))?;
+    if req.subject_token_type != ACCESS_TOKEN_TYPE {
+        return Err(OAuthError::InvalidRequest(format!(
+            "subject_token_type must be {ACCESS_TOKEN_TYPE}"
+        )));
+    }
+    let act = actor_from(req.actor_token, req.actor_token_type)?;
+    let auth = match authenticate_session(state, req.subject_token).await {
+        Ok(a) => a,
+        Err(SessionError::Unavailable) => return Err(OAuthError::Unavailable),
+        Err(SessionError::Invalid) => {
+            let event = NewAuditEvent::new("token.refused", "anonymous", Outcome::Refused)
+                .env(env_name)
+                .detail("reason", "invalid_session")
+                .detail("grant_type", "token-exchange");
+            if state.refusals.admit(peer, env_name, "invalid_session") {
+                state
+                    .store
+                    .append_audit(event)
+                    .await
+                    .map_err(|_| OAuthError::Unavailable)?;
+            }
+            return Err(OAuthError::InvalidGrant(
+                "the session is not valid; run airlock login".into(),
+            ));
+        }
+    };
+    let user = &auth.user;
+    let actor = format!("user:{}", user.username);
+    let refuse = |reason: &str| {
+        NewAuditEvent::new("token.refused", actor.clone(), Outcome::Refused)
+            .env(env_name)
+            .subject(user.username.clone())
+            .detail("reason", reason.to_string())
+            .detail("grant_type", "token-exchange")
+            .detail("act", act.as_ref().map(|a| a.sub.clone()))
+    };
+    if state.settings.auth.require_totp && !user.totp_enrolled() {
+        state
+            .store
+            .append_audit(refuse("totp_not_enrolled"))
+            .await
+            .map_err(|_| OAuthError::Unavailable)?;
+        return Err(OAuthError::AccessDenied(
+            "this server requires TOTP for everyone: run airlock totp enroll first".into(),
+        ));
+    }
+    let roles = policy::effective_roles(&state.settings, &user.roles, user.totp_enrolled());
+    let scopes = match policy::human_scopes(&state.settings, env, env_name, &roles, req.scope) {
+        Ok(s) => s,
+        Err(refusal) => {
+            let event =
+                refuse(refusal.reason()).detail("requested", req.scope.map(|s| known_scopes(state, s)));
+            state
+                .store
+                .append_audit(event)
+                .await
+                .map_err(|_| OAuthError::Unavailable)?;
+            return Err(refusal_error(&refusal, env_name));
+        }
+    };
+    let at = now();
+    let lifetime = policy::token_lifetime(env).min(Duration::from_secs(
+        (auth.session.expires_at - at).whole_seconds().max(0) as u64,
+    ));
+    let claims = AccessClaims {
+        iss: state.settings.issuer(env_name),
+        sub: user.username.clone(),
+        aud: env.audience.clone(),
+        client_id: CLI_CLIENT_ID.into(),
+        scope: scopes.join(" "),
+        env: env_name.to_string(),
+        iat: at.unix_timestamp(),
+        nbf: at.unix_timestamp(),
+        exp: at.unix_timestamp() + lifetime.as_secs() as i64,
+        jti: Uuid::new_v4().to_string(),
+        act,
+    };
+    let signer = state
+        .keys
+        .signer(&KeySet::Environment(env_name.to_string()))
+        .ok_or(OAuthError::Unavailable)?;
+    let access_token = token::sign(&signer, &claims).map_err(|_| OAuthError::Unavailable)?;
+    let event = NewAuditEvent::new("token.issued", actor, Outcome::Success)
+        .env(env_name)
+        .subject(user.username.clone())
+        .detail("jti", claims.jti.clone())
+        .detail("kid", signer.kid.clone())
+        .detail("scope", claims.scope.clone())
+        .detail("exp", claims.exp)
+        .detail("grant_type", "token-exchange")
+        .detail("session", auth.session.id.to_string())
+        .detail("act", claims.act.as_ref().map(|a| a.sub.clone()));
+    state
+        .store
+        .append_audit(event)
+        .await
+        .map_err(|_| OAuthError::Unavailable)?;
+    let _ = state.store.touch_session(auth.session.id, at).await;
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: lifetime.as_secs(),
+        scope: claims.scope,
+    })
+}
+
+fn known_scopes(state: &AppState, raw: &str) -> Vec<String> {
+    raw.split(' ')
+        .filter(|s| state.settings.scopes.contains_key(*s))
+        .map(str::to_string)
+        .collect()
+}
+
+fn refusal_error(r: &HumanRefusal, env: &str) -> OAuthError {
+    if r.is_access_denied() {
+        OAuthError::AccessDenied(r.description(env))
+    } else {
+        OAuthError::InvalidScope(r.description(env))
+    }
+}
+
+/// An RFC 8628 device authorization response.
+#[derive(Clone, Serialize)]
+pub struct DeviceAuthorization {
+    /// Secret the CLI polls with.
+    pub device_code: String,
+    /// What the person types.
+    pub user_code: String,
+    /// The page to open.
+    pub verification_uri: String,
+    /// The page with the code filled in.
+    pub verification_uri_complete: String,
+    /// Seconds.
+    pub expires_in: u64,
+    /// Seconds between polls.
+    pub interval: u64,
+}
+
+fn new_user_code() -> Result<String, OAuthError> {
+    let mut bytes = [0u8; 8];
+    crate::secrets::random_bytes(&mut bytes).map_err(|_| OAuthError::Unavailable)?;
+    let chars: String = bytes
+        .iter()
+        // 256 % 20 != 0; the bias (< 1%) does not matter for a short-lived, throttled code.
+        .map(|b| USER_CODE_ALPHABET[(*b as usize) % USER_CODE_ALPHABET.len()] as char)
+        .collect();
+    Ok(format!("{}-{}", &chars[..4], &chars[4..]))
+}
+
+/// Normalise what a person typed: case, spaces and the dash do not matter.
+pub fn normalize_user_code(raw: &str) -> Option<String> {
+    let c: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    (c.len() == 8 && c.bytes().all(|b| USER_CODE_ALPHABET.contains(&b)))
+        .then(|| format!("{}-{}", &c[..4], &c[4..]))
+}
+
+/// `POST /oauth/device_authorization`.
+pub async fn device_authorize(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    client_id: &str,
+) -> Result<DeviceAuthorization, OAuthError> {
+    if client_id != CLI_CLIENT_ID {
+        return Err(OAuthError::InvalidClient);
+    }
+    // An unauthenticated endpoint that writes: bounded per address like other anonymous calls.
+    if !state.refusals.admit(peer, "device", "device_authorization") {
+        return Err(OAuthError::SlowDown);
+    }
+    let auth = &state.settings.auth;
+    let device_code = random_token("airlock_device_")?;
+    let at = now();
+    for _ in 0..3 {
+        let code = DeviceCode {
+            id: Uuid::new_v4(),
+            device_code_hash: hash_of(state, "device", &device_code),
+            user_code: new_user_code()?,
+            client_id: client_id.to_string(),
+            status: DeviceStatus::Pending,
+            interval_secs: auth.device_poll_interval.as_secs().max(1) as i64,
+            created_at: at,
+            expires_at: at + auth.device_code_lifetime,
+            last_polled_at: None,
+            user_id: None,
+        };
+        let event = NewAuditEvent::new("device.requested", "anonymous", Outcome::Success)
+            .subject(code.id.to_string())
+            .detail("client_address", peer.map(|p| p.to_string()));
+        match state.store.create_device_code(&code, event).await {
+            Ok(()) => {
+                let uri = format!("{}/device", state.settings.public_url);
+                return Ok(DeviceAuthorization {
+                    device_code,
+                    verification_uri_complete: format!("{uri}?user_code={}", code.user_code),
+                    user_code: code.user_code,
+                    verification_uri: uri,
+                    expires_in: auth.device_code_lifetime.as_secs(),
+                    interval: code.interval_secs as u64,
+                });
+            }
+            Err(StoreError::Conflict) => continue,
+            Err(_) => return Err(OAuthError::Unavailable),
+        }
+    }
+    Err(OAuthError::Unavailable)
+}
+
+/// `grant_type=device_code`: the CLI's poll (RFC 8628 section 3.4/3.5).
+pub async fn device_poll(
+    state: &AppState,
+    device_code: &str,
+    client_id: &str,
+) -> Result<SessionTokens, OAuthError> {
+    let bad = || OAuthError::InvalidGrant("unknown device code; run airlock login again".into());
+    if device_code.len() > 256 {
+        return Err(bad());
+    }
+    let code = match state
+        .store
+        .device_code_by_hash(&hash_of(state, "device", device_code))
+        .await
+    {
+        Ok(c) => c,
+        Err(StoreError::NotFound) => return Err(bad()),
+        Err(_) => return Err(OAuthError::Unavailable),
+    };
+    if code.client_id != client_id {
+        return Err(bad());
+    }
+    let at = now();
+    if at >= code.expires_at {
+        return Err(OAuthError::ExpiredToken);
+    }
+    match code.status {
+        DeviceStatus::Denied => Err(OAuthError::AccessDenied(
+            "the sign-in was denied in the browser".into(),
+        )),
+        DeviceStatus::Consumed => Err(OAuthError::InvalidGrant(
+            "this device code was already used".into(),
+        )),
+        DeviceStatus::Pending => {
+            let too_soon = code
+                .last_polled_at
+                .is_some_and(|last| at - last < time::Duration::seconds(code.interval_secs));
+            let interval = if too_soon {
+                code.interval_secs + 5
+            } else {
+                code.interval_secs
+            };
+            state
+                .store
+                .poll_device_code(code.id, at, interval)
+                .await
+                .map_err(|_| OAuthError::Unavailable)?;
+            Err(if too_soon {
+                OAuthError::SlowDown
+            } else {
+                OAuthError::AuthorizationPending
+            })
+        }
+        DeviceStatus::Approved => {
+            let uid = code.user_id.ok_or(OAuthError::Unavailable)?;
+            let user = state
+                .store
+                .user_by_id(uid)
+                .await
+                .map_err(|_| OAuthError::Unavailable)?;
+            if user.disabled {
+                return Err(OAuthError::AccessDenied("this account is disabled".into()));
+            }
+            let session = new_session(state, &user, SessionKind::Cli, None);
+            let refresh = random_token("airlock_refresh_")?;
+            let event = session_event("session.created", &user, &session, "device");
+            match state
+                .store
+                .redeem_device_code(code.id, &session, &hash_of(state, "refresh", &refresh), event)
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Conflict) => {
+                    return Err(OAuthError::InvalidGrant(
+                        "this device code was already used".into(),
+                    ));
+                }
+                Err(_) => return Err(OAuthError::Unavailable),
+            }
+            let (access_token, expires_in) = session_access_token(state, &user, &session)?;
+            Ok(SessionTokens {
+                access_token,
+                token_type: "Bearer",
+                expires_in,
+                refresh_token: refresh,
+                session_id: session.id,
+                username: user.username,
+            })
+        }
+    }
+}
+
+/// Why a device code cannot be decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceError {
+    /// No pending code by that name (also: expired or already decided).
+    Unknown,
+    /// The store failed.
+    Unavailable,
+}
+
+/// The pending, unexpired device request a person typed the code of.
+pub async fn pending_device(state: &AppState, user_code: &str) -> Result<DeviceCode, DeviceError> {
+    let code = normalize_user_code(user_code).ok_or(DeviceError::Unknown)?;
+    match state.store.device_code_by_user_code(&code).await {
+        Ok(c) if c.status == DeviceStatus::Pending && c.expires_at > now() => Ok(c),
+        Ok(_) | Err(StoreError::NotFound) => Err(DeviceError::Unknown),
+        Err(_) => Err(DeviceError::Unavailable),
+    }
+}
+
+/// Approve or deny a device code as `auth`'s person.
+pub async fn decide_device(
+    state: &AppState,
+    auth: &Authenticated,
+    user_code: &str,
+    approve: bool,
+) -> Result<(), DeviceError> {
+    let code = pending_device(state, user_code).await?;
+    let kind = if approve {
+        "device.approved"
+    } else {
+        "device.denied"
+    };
+    let event = NewAuditEvent::new(kind, format!("user:{}", auth.user.username), Outcome::Success)
+        .subject(code.id.to_string())
+        .detail("web_session", auth.session.id.to_string());
+    match state
+        .store
+        .decide_device_code(code.id, auth.user.id, approve, now(), event)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(StoreError::Conflict) => Err(DeviceError::Unknown),
+        Err(_) => Err(DeviceError::Unavailable),
+    }
+}
+
+/// Why an administrative or self-service change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    /// Bad input; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such person.
+    #[error("no such user")]
+    NotFound,
+    /// Taken, or not allowed in the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Hashing queue full.
+    #[error("too busy; retry shortly")]
+    Busy,
+    /// The store failed.
+    #[error("the store is unavailable")]
+    Unavailable,
+}
+
+impl From<StoreError> for ManageError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ManageError::NotFound,
+            StoreError::Conflict => ManageError::Conflict("that username is taken".into()),
+            _ => ManageError::Unavailable,
+        }
+    }
+}
+
+impl From<PasswordError> for ManageError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy => ManageError::Busy,
+            PasswordError::Internal => ManageError::Unavailable,
+        }
+    }
+}
+
+fn check_roles(state: &AppState, roles: &[String]) -> Result<(), ManageError> {
+    for r in roles {
+        if !state.settings.roles.contains_key(r) {
+            return Err(ManageError::Invalid(format!(
+                "unknown role {r:?}; configured roles: {}",
+                state
+                    .settings
+                    .roles
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn new_user(
+    state: &AppState,
+    raw_username: &str,
+    password: &SecretString,
+    roles: Vec<String>,
+) -> Result<User, ManageError> {
+    let username = normalize_username(raw_username).ok_or_else(|| {
+        ManageError::Invalid(
+            "usernames are 1-64 characters of a-z, 0-9 and '._-@', not starting with agt_".into(),
+        )
+    })?;
+    check_policy(
+        &username,
+        password.expose_secret(),
+        state.settings.auth.password_min_length,
+    )
+    .map_err(ManageError::Invalid)?;
+    check_roles(state, &roles)?;
+    let hash = state.passwords.hash(password.clone()).await?;
+    let at = now();
+    Ok(User {
+        id: Uuid::new_v4(),
+        username,
+        password_hash: hash,
+        roles,
+        totp_sealed: None,
+        totp_pending_sealed: None,
+        totp_last_step: None,
+        disabled: false,
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+/// Create the first admin (store-direct; refused once anyone holds an admin role).
+pub async fn bootstrap_admin(
+    state: &AppState,
+    username: &str,
+    password: &SecretString,
+    actor: &str,
+) -> Result<User, ManageError> {
+    let admin_roles: Vec<String> = state
+        .settings
+        .roles
+        .iter()
+        .filter(|(_, r)| r.admin)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let role = admin_roles
+        .first()
+        .cloned()
+        .ok_or_else(|| ManageError::Invalid("no role has admin = true in the configuration".into()))?;
+    let user = new_user(state, username, password, vec![role]).await?;
+    let event = NewAuditEvent::new("user.bootstrapped", actor, Outcome::Success)
+        .subject(user.username.clone())
+        .detail("roles", user.roles.clone());
+    match state.store.bootstrap_admin(&user, &admin_roles, event).await {
+        Ok(()) => Ok(user),
+        Err(StoreError::Conflict) => Err(ManageError::Conflict(
+            "an admin already exists (or the username is taken); bootstrap only creates the first admin"
+                .into(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Create a person.
+pub async fn create_user(
+    state: &AppState,
+    actor: &str,
+    username: &str,
+    password: &SecretString,
+    roles: Vec<String>,
+) -> Result<User, ManageError> {
+    let user = new_user(state, username, password, roles).await?;
+    let event = NewAuditEvent::new("user.created", actor, Outcome::Success)
+        .subject(user.username.clone())
+        .detail("roles", user.roles.clone());
+    state.store.create_user(&user, event).await?;
+    Ok(user)
+}
+
+/// Look a person up by username.
+pub async fn find_user(state: &AppState, username: &str) -> Result<User, ManageError> {
+    let u = normalize_username(username).ok_or(ManageError::NotFound)?;
+    Ok(state.store.user_by_username(&u).await?)
+}
+
+/// Disable (ending every session at once) or enable a person.
+pub async fn set_user_disabled(
+    state: &AppState,
+    actor: &str,
+    username: &str,
+    disabled: bool,
+) -> Result<User, ManageError> {
+    let user = find_user(state, username).await?;
+    let kind = if disabled { "user.disabled" } else { "user.enabled" };
+    let event = NewAuditEvent::new(kind, actor, Outcome::Success).subject(user.username.clone());
+    Ok(state
+        .store
+        .update_user(user.id, UserChange::Disabled(disabled), event)
+        .await?)
+}
+
+/// Reset a person: a new password (ends their sessions) and/or remove their TOTP.
+pub async fn reset_user(
+    state: &AppState,
+    actor: &str,
+    username: &str,
+    password: Option<&SecretString>,
+    reset_totp: bool,
+    roles: Option<Vec<String>>,
+) -> Result<User, ManageError> {
+    let mut user = find_user(state, username).await?;
+    if password.is_none() && !reset_totp && roles.is_none() {
+        return Err(ManageError::Invalid(
+            "nothing to reset: give a password, reset_totp or roles".into(),
+        ));
+    }
+    if let Some(p) = password {
+        check_policy(
+            &user.username,
+            p.expose_secret(),
+            state.settings.auth.password_min_length,
+        )
+        .map_err(ManageError::Invalid)?;
+        let hash = state.passwords.hash(p.clone()).await?;
+        let event =
+            NewAuditEvent::new("user.password_reset", actor, Outcome::Success).subject(user.username.clone());
+        user = state
+            .store
+            .update_user(user.id, UserChange::Password(hash), event)
+            .await?;
+    }
+    if reset_totp {
+        let event =
+            NewAuditEvent::new("user.totp_reset", actor, Outcome::Success).subject(user.username.clone());
+        user = state
+            .store
+            .update_user(user.id, UserChange::TotpReset, event)
+            .await?;
+    }
+    if let Some(roles) = roles {
+        check_roles(state, &roles)?;
+        let event = NewAuditEvent::new("user.roles_changed", actor, Outcome::Success)
+            .subject(user.username.clone())
+            .detail("roles", roles.clone());
+        user = state
+            .store
+            .update_user(user.id, UserChange::Roles(roles), event)
+            .await?;
+    }
+    Ok(user)
+}
+
+/// A TOTP secret awaiting its first code.
+#[derive(Clone, Serialize)]
+pub struct TotpEnrolment {
+    /// Base32 secret, for typing into an app.
+    pub secret: String,
+    /// `otpauth://` URI (what the QR code holds).
+    pub otpauth_uri: String,
+}
+
+/// Start TOTP enrolment: a new pending secret (replacing any earlier pending one).
+pub async fn totp_begin(state: &AppState, user: &User) -> Result<TotpEnrolment, ManageError> {
+    if user.totp_enrolled() {
+        return Err(ManageError::Conflict(
+            "TOTP is already enrolled; an admin can reset it (airlock user reset --totp)".into(),
+        ));
+    }
+    let secret = crate::totp::new_secret().map_err(|_| ManageError::Unavailable)?;
+    let sealed = state
+        .master
+        .seal(&totp_context(user.id), &secret)
+        .map_err(|_| ManageError::Unavailable)?;
+    let event = NewAuditEvent::new(
+        "totp.enrolment_started",
+        format!("user:{}", user.username),
+        Outcome::Success,
+    )
+    .subject(user.username.clone());
+    state
+        .store
+        .update_user(user.id, UserChange::TotpPending(sealed), event)
+        .await?;
+    Ok(TotpEnrolment {
+        secret: crate::totp::secret_base32(&secret),
+        otpauth_uri: crate::totp::otpauth_uri(&secret, &user.username, "Airlock"),
+    })
+}
+
+/// Finish enrolment with a correct code from the new secret.
+pub async fn totp_activate(state: &AppState, user: &User, code: &str) -> Result<(), ManageError> {
+    let Some(pending) = &user.totp_pending_sealed else {
+        return Err(ManageError::Conflict(
+            "no enrolment in progress; start with airlock totp enroll".into(),
+        ));
+    };
+    let secret = state
+        .master
+        .open(&totp_context(user.id), pending)
+        .map_err(|_| ManageError::Unavailable)?;
+    let step = crate::totp::matching_step(&secret, code, now().unix_timestamp()).ok_or_else(|| {
+        ManageError::Invalid("that code does not match; check the time on your device".into())
+    })?;
+    let event = NewAuditEvent::new(
+        "totp.enrolled",
+        format!("user:{}", user.username),
+        Outcome::Success,
+    )
+    .subject(user.username.clone());
+    state
+        .store
+        .update_user(
+            user.id,
+            UserChange::TotpActivate {
+                sealed: pending.clone(),
+                step,
+            },
+            event,
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_after_the_free_failures_and_are_capped() {
+        let max = Duration::from_secs(900);
+        assert_eq!(throttle_delay(3, 3, max), None);
+        assert_eq!(throttle_delay(4, 3, max), Some(Duration::from_secs(1)));
+        assert_eq!(throttle_delay(6, 3, max), Some(Duration::from_secs(4)));
+        assert_eq!(throttle_delay(60, 3, max), Some(max));
+    }
+
+    #[test]
+    fn user_codes_are_typed_forgivingly() {
+        let c = new_user_code().unwrap();
+        assert_eq!(normalize_user_code(&c.to_lowercase().replace('-', " ")), Some(c));
+        assert_eq!(
+            normalize_user_code("ABCD-EFGH"),
+            None,
+            "vowels are not in the alphabet"
+        );
+        assert_eq!(normalize_user_code("BCDF"), None);
+    }
+
+    #[test]
+    fn usernames_are_normalised_and_cannot_pose_as_agents() {
+        assert_eq!(normalize_username(" Alice "), Some("alice".into()));
+        assert_eq!(normalize_username("agt_0123"), None);
+        assert_eq!(normalize_username("a b"), None);
+    }
+}
