@@ -51,8 +51,10 @@ pub struct Agent {
     /// A disabled agent authenticates nowhere.
     pub disabled: bool,
     /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     /// Keyed hash of the secret; never serialised.
     #[serde(skip)]
@@ -174,6 +176,7 @@ pub struct NewAuditEvent {
     /// Unique id (UUIDv7, time-ordered).
     pub id: Uuid,
     /// When the decision was made.
+    #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
     /// What happened, e.g. `token.issued`, `cross_environment_attempt`.
     pub kind: String,
@@ -278,8 +281,10 @@ pub struct User {
     /// A disabled person signs in nowhere and their sessions are ended.
     pub disabled: bool,
     /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
 
@@ -335,12 +340,16 @@ pub struct Session {
     #[serde(skip)]
     pub secret_hash: Option<Vec<u8>>,
     /// Start.
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Last use (idle timeout).
+    #[serde(with = "time::serde::rfc3339")]
     pub last_used_at: OffsetDateTime,
     /// Absolute end.
+    #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     /// When it was revoked, if it was.
+    #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
     /// Why.
     pub revoked_reason: Option<String>,

@@ -22,6 +22,7 @@ pub mod people;
 pub mod policy;
 pub mod refusals;
 pub mod secrets;
+pub mod session_file;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -167,6 +167,10 @@ pub(super) async fn run(cli: &Cli, cmd: &AgentCmd) -> anyhow::Result<ExitCode> {
         AgentCmd::Run { fetch, command } => return super::run::run(fetch, command).await,
         _ => {}
     }
+    // Logged in and no --database: the admin API, as the person logged in.
+    if cli.database.is_none() && crate::session_file::exists() {
+        return over_http(cmd).await;
+    }
     let settings = load_settings(cli)?;
     init_logs(cli, Some(&settings), "airlock=warn,sqlx=warn");
     let state = open_state(settings, true).await?;
@@ -294,4 +298,90 @@ async fn token(args: &FetchArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(e.exit_code()))
         }
     }
+}
+
+/// The management commands through `/v1/agents`, authenticated by the session.
+async fn over_http(cmd: &AgentCmd) -> anyhow::Result<ExitCode> {
+    use reqwest::Method;
+    let mut c = crate::session_file::SessionClient::load()?;
+    let seg = |r: &str| url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>();
+    let agent_of =
+        |v: &serde_json::Value| -> anyhow::Result<Agent> { Ok(serde_json::from_value(v.clone())?) };
+    match cmd {
+        AgentCmd::Create {
+            env,
+            name,
+            scopes,
+            default_scopes,
+            json,
+        } => {
+            let body = json!({ "name": name, "environment": env, "scopes": scopes, "default_scopes": default_scopes });
+            let v = c.call(Method::POST, "/v1/agents", Some(&body)).await?;
+            let secret = SecretString::from(v["client_secret"].as_str().unwrap_or_default().to_string());
+            print_secret(&agent_of(&v)?, &secret, *json, "created");
+        }
+        AgentCmd::List { env, json } => {
+            let path = match env {
+                Some(e) => format!("/v1/agents?env={}", seg(e)),
+                None => "/v1/agents".into(),
+            };
+            let v = c.call(Method::GET, &path, None).await?;
+            if *json {
+                print_json(&v);
+            } else {
+                for a in v.as_array().into_iter().flatten() {
+                    let a = agent_of(a)?;
+                    println!(
+                        "{:<36}  {:<10}  {:<20}  {}",
+                        a.client_id,
+                        a.environment,
+                        a.name,
+                        if a.disabled { "disabled" } else { "active" }
+                    );
+                }
+            }
+        }
+        AgentCmd::Show { agent, json } => show(
+            &agent_of(
+                &c.call(Method::GET, &format!("/v1/agents/{}", seg(agent)), None)
+                    .await?,
+            )?,
+            *json,
+        ),
+        AgentCmd::Disable { agent, json } => show(
+            &agent_of(
+                &c.call(
+                    Method::POST,
+                    &format!("/v1/agents/{}/disable", seg(agent)),
+                    Some(&json!({})),
+                )
+                .await?,
+            )?,
+            *json,
+        ),
+        AgentCmd::Enable { agent, json } => show(
+            &agent_of(
+                &c.call(
+                    Method::POST,
+                    &format!("/v1/agents/{}/enable", seg(agent)),
+                    Some(&json!({})),
+                )
+                .await?,
+            )?,
+            *json,
+        ),
+        AgentCmd::RotateSecret { agent, json } => {
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/agents/{}/reset", seg(agent)),
+                    Some(&json!({})),
+                )
+                .await?;
+            let secret = SecretString::from(v["client_secret"].as_str().unwrap_or_default().to_string());
+            print_secret(&agent_of(&v)?, &secret, *json, "new secret for");
+        }
+        AgentCmd::Token(_) | AgentCmd::Run { .. } => unreachable!("handled by the caller"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

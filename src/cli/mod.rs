@@ -7,6 +7,7 @@
 mod agent;
 mod audit;
 mod config;
+mod people;
 mod run;
 mod serve;
 
@@ -53,6 +54,29 @@ pub enum Command {
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Sign in from this terminal (browser device flow, or --password).
+    Login(people::LoginArgs),
+    /// End the session here and on the server.
+    Logout,
+    /// Show who you are signed in as.
+    Whoami {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a short-lived token for an environment.
+    Token(people::TokenArgs),
+    /// Run a command with an environment token (never your session).
+    Exec(people::ExecArgs),
+    /// Manage your TOTP authenticator.
+    #[command(subcommand)]
+    Totp(people::TotpCmd),
+    /// Manage people (admin).
+    #[command(subcommand)]
+    User(people::UserCmd),
+    /// Store-direct administration.
+    #[command(subcommand)]
+    Admin(people::AdminCmd),
 }
 
 /// Run the parsed command; the process exit code.
@@ -75,6 +99,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Config(cmd) => config::run(&cli, cmd),
         Command::Agent(cmd) => agent::run(&cli, cmd).await,
         Command::Audit(cmd) => audit::run(&cli, cmd).await,
+        Command::Login(args) => people::login(args).await,
+        Command::Logout => people::logout().await,
+        Command::Whoami { json } => people::whoami(*json).await,
+        Command::Token(args) => people::token(args).await,
+        Command::Exec(args) => people::exec(args).await,
+        Command::Totp(cmd) => people::totp(cmd).await,
+        Command::User(cmd) => people::user(cmd).await,
+        Command::Admin(cmd) => people::admin(&cli, cmd).await,
     };
     match result {
         Ok(code) => code,

@@ -14,17 +14,33 @@ use secrecy::ExposeSecret;
 use tokio::time::{Instant, sleep_until};
 
 use super::agent::FetchArgs;
-use crate::client::{FetchedToken, TokenClient};
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::client::{ClientError, FetchedToken};
 
 /// When to refresh a token that lives `expires_in` seconds: at two thirds of its life.
 fn refresh_after(expires_in: u64) -> Duration {
     Duration::from_millis((expires_in.max(3) * 1000) * 2 / 3)
 }
 
+/// Something that fetches a fresh token: a client-credentials client or a session exchange.
+pub(super) type Fetch =
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<FetchedToken, ClientError>> + Send>> + Send>;
+
 pub(super) async fn run(args: &FetchArgs, command: &[String]) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(crate::config::LogFormat::Pretty, "airlock=info");
-    let client = args.client()?;
-    let first = match client.fetch().await {
+    let client = std::sync::Arc::new(args.client()?);
+    let fetch: Fetch = Box::new(move || {
+        let c = client.clone();
+        Box::pin(async move { c.fetch().await })
+    });
+    run_with(&args.env, command, fetch).await
+}
+
+/// Start `command` with a token from `fetch` and keep it fresh until it exits.
+pub(super) async fn run_with(env: &str, command: &[String], mut fetch: Fetch) -> anyhow::Result<ExitCode> {
+    let first = match fetch().await {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot start {}: {e}", command[0]);
@@ -39,13 +55,19 @@ pub(super) async fn run(args: &FetchArgs, command: &[String]) -> anyhow::Result<
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut child = tokio::process::Command::new(&command[0]);
+    child.args(&command[1..]);
+    // SECURITY: no AIRLOCK_* variable of ours reaches the child (agent secrets, master
+    // keys, session locations); it gets its token and nothing that leads to a session.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AIRLOCK_") {
+            child.env_remove(&key);
+        }
+    }
     child
-        .args(&command[1..])
         .env("AIRLOCK_TOKEN", first.access_token.expose_secret())
         .env("AIRLOCK_TOKEN_FILE", &token_file)
-        .env("AIRLOCK_ENV", &args.env)
-        // SECURITY: the agent's own credential never reaches the child.
-        .env_remove("AIRLOCK_CLIENT_SECRET");
+        .env("AIRLOCK_ENV", env)
+        .env("AIRLOCK_SESSION_FILE", crate::session_file::NO_SESSION);
     let mut child = child
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", command[0]))?;
@@ -63,7 +85,7 @@ pub(super) async fn run(args: &FetchArgs, command: &[String]) -> anyhow::Result<
             },
             _ = sigterm.recv() => forward(pid, nix::sys::signal::Signal::SIGTERM),
             _ = sleep_until(refresh_at) => {
-                match refresh(&client, &token_file).await {
+                match refresh(&mut fetch, &token_file).await {
                     Ok(t) => {
                         refresh_at = Instant::now() + refresh_after(t.expires_in);
                         expires_at = Instant::now() + Duration::from_secs(t.expires_in);
@@ -83,8 +105,8 @@ pub(super) async fn run(args: &FetchArgs, command: &[String]) -> anyhow::Result<
     Ok(exit_code(status))
 }
 
-async fn refresh(client: &TokenClient, path: &Path) -> anyhow::Result<FetchedToken> {
-    let t = client.fetch().await?;
+async fn refresh(fetch: &mut Fetch, path: &Path) -> anyhow::Result<FetchedToken> {
+    let t = fetch().await?;
     write_token(path, &t)?;
     Ok(t)
 }

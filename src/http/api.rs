@@ -84,6 +84,11 @@ async fn end_session(State(state): State<AppState>, caller: Caller) -> Result<St
     Ok(StatusCode::NO_CONTENT)
 }
 
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 fn user_json(state: &AppState, u: &User) -> serde_json::Value {
     json!({
         "id": u.id,
@@ -92,8 +97,8 @@ fn user_json(state: &AppState, u: &User) -> serde_json::Value {
         "effective_roles": crate::policy::effective_roles(&state.settings, &u.roles, u.totp_enrolled()),
         "totp_enrolled": u.totp_enrolled(),
         "disabled": u.disabled,
-        "created_at": u.created_at,
-        "updated_at": u.updated_at,
+        "created_at": rfc3339(u.created_at),
+        "updated_at": rfc3339(u.updated_at),
     })
 }
 
@@ -101,8 +106,8 @@ async fn show_me(State(state): State<AppState>, caller: Caller) -> Json<serde_js
     let mut me = user_json(&state, &caller.0.user);
     me["session"] = json!({
         "id": caller.0.session.id,
-        "created_at": caller.0.session.created_at,
-        "expires_at": caller.0.session.expires_at,
+        "created_at": rfc3339(caller.0.session.created_at),
+        "expires_at": rfc3339(caller.0.session.expires_at),
     });
     Json(me)
 }

@@ -1,0 +1,334 @@
+//! The CLI's side of a person's session: the session file and an HTTP client that
+//! refreshes tokens as needed.
+//!
+//! SECURITY: the file lives under `$XDG_CONFIG_HOME/airlock/` (or `~/.config/airlock/`)
+//! in a 0700 directory, is written 0600 via rename, and is refused if anyone else could
+//! read it. `airlock exec` points `AIRLOCK_SESSION_FILE` at `/dev/null` for its child,
+//! which this module treats as "no session here".
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Where a child of `airlock exec` is pointed: it has no session of its own.
+pub const NO_SESSION: &str = "/dev/null";
+
+/// What the file holds.
+#[derive(Serialize, Deserialize)]
+pub struct SessionFile {
+    /// Server base URL.
+    pub server: String,
+    /// Who.
+    pub username: String,
+    /// Session id.
+    pub session_id: String,
+    /// Current session access token.
+    pub access_token: String,
+    /// Its expiry (Unix seconds).
+    pub access_expires_at: i64,
+    /// Current refresh token.
+    pub refresh_token: String,
+}
+
+/// Tokens as `/oauth/token` and `/v1/sessions` return them.
+#[derive(Deserialize)]
+pub struct SessionTokens {
+    /// Session access token.
+    pub access_token: String,
+    /// Seconds.
+    pub expires_in: i64,
+    /// Refresh token.
+    pub refresh_token: String,
+    /// Session id.
+    pub session_id: String,
+    /// Who.
+    pub username: String,
+}
+
+impl SessionFile {
+    /// From a token response.
+    pub fn from_tokens(server: &str, t: SessionTokens) -> SessionFile {
+        SessionFile {
+            server: server.trim_end_matches('/').to_string(),
+            username: t.username,
+            session_id: t.session_id,
+            access_token: t.access_token,
+            access_expires_at: time::OffsetDateTime::now_utc().unix_timestamp() + t.expires_in,
+            refresh_token: t.refresh_token,
+        }
+    }
+}
+
+/// The session file's path.
+pub fn path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("AIRLOCK_SESSION_FILE") {
+        return Ok(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .context("neither XDG_CONFIG_HOME nor HOME is set; cannot find the session file")?;
+    Ok(base.join("airlock").join("session.json"))
+}
+
+/// Whether a session file exists (for commands that go over HTTP when logged in).
+pub fn exists() -> bool {
+    path().is_ok_and(|p| p != Path::new(NO_SESSION) && p.exists())
+}
+
+/// Read the session, refusing a file others can read.
+pub fn load() -> anyhow::Result<SessionFile> {
+    let p = path()?;
+    if p == Path::new(NO_SESSION) {
+        bail!("this process was started by `airlock exec` and has no session of its own; use $AIRLOCK_TOKEN");
+    }
+    let meta = match std::fs::metadata(&p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("not logged in: run `airlock login --server URL`")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "refusing the session file {}: other users can access it (mode {:o}); \
+                 run `chmod 600 {}`, or `airlock logout` and log in again",
+                p.display(),
+                mode & 0o777,
+                p.display()
+            );
+        }
+        if meta.uid() != nix::unistd::getuid().as_raw() {
+            bail!(
+                "refusing the session file {}: it belongs to another user",
+                p.display()
+            );
+        }
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not an Airlock session file", p.display()))
+}
+
+/// Write the session atomically with mode 0600 in a 0700 directory.
+pub fn save(s: &SessionFile) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let p = path()?;
+    if p == Path::new(NO_SESSION) {
+        bail!("this process was started by `airlock exec`; it cannot keep a session");
+    }
+    let dir = p.parent().context("session file path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".session-")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)?;
+    tmp.write_all(serde_json::to_string_pretty(s)?.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&p)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", p.display(), e.error))?;
+    Ok(())
+}
+
+/// Remove the session file.
+pub fn remove() -> anyhow::Result<()> {
+    let p = path()?;
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", p.display())),
+    }
+}
+
+/// An HTTP client for Airlock's API that uses and refreshes the stored session.
+pub struct SessionClient {
+    http: reqwest::Client,
+    /// The stored session.
+    pub session: SessionFile,
+}
+
+/// An error answer from the server, as text for the person.
+fn api_error(status: reqwest::StatusCode, body: &[u8]) -> anyhow::Error {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let message = v["error"]["message"]
+        .as_str()
+        .or_else(|| v["error_description"].as_str())
+        .or_else(|| v["error"].as_str())
+        .unwrap_or("unexpected answer")
+        .to_string();
+    anyhow::anyhow!("Airlock answered {status}: {message}")
+}
+
+/// A plain HTTP client with sane timeouts.
+pub fn http() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(40))
+        .build()?)
+}
+
+impl SessionClient {
+    /// From the stored session.
+    pub fn load() -> anyhow::Result<SessionClient> {
+        Ok(SessionClient {
+            http: http()?,
+            session: load()?,
+        })
+    }
+
+    /// Refresh the access token (rotating the refresh token) and save.
+    pub async fn refresh(&mut self) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!("{}/oauth/token", self.session.server))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", crate::people::CLI_CLIENT_ID),
+                ("refresh_token", self.session.refresh_token.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {}", self.session.server, e.without_url()))?;
+        let status = r.status();
+        let body = r.bytes().await?;
+        if !status.is_success() {
+            return Err(api_error(status, &body)
+                .context("the session could not be refreshed; run `airlock login` again"));
+        }
+        let t: SessionTokens = serde_json::from_slice(&body).context("unexpected refresh answer")?;
+        let server = self.session.server.clone();
+        self.session = SessionFile::from_tokens(&server, t);
+        save(&self.session)
+    }
+
+    async fn bearer(&mut self) -> anyhow::Result<String> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if self.session.access_expires_at - 30 <= now {
+            self.refresh().await?;
+        }
+        Ok(self.session.access_token.clone())
+    }
+
+    /// Call `/v1/...` with the session; one refresh and retry on 401.
+    pub async fn call(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        for attempt in 0..2 {
+            let token = self.bearer().await?;
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.session.server))
+                .bearer_auth(token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let r = req
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach {}: {}", self.session.server, e.without_url()))?;
+            let status = r.status();
+            let bytes = r.bytes().await?;
+            if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                self.refresh().await?;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(api_error(status, &bytes));
+            }
+            if bytes.is_empty() {
+                return Ok(serde_json::Value::Null);
+            }
+            return serde_json::from_slice(&bytes).context("unexpected answer");
+        }
+        bail!("the session is no longer valid; run `airlock login` again")
+    }
+
+    /// RFC 8693: exchange the session for an environment token.
+    pub async fn exchange(
+        &mut self,
+        env: &str,
+        scopes: &[String],
+        actor: Option<&str>,
+    ) -> Result<crate::client::FetchedToken, crate::client::ClientError> {
+        use crate::client::ClientError;
+        let server = self.session.server.clone();
+        let unreachable = |e: String| ClientError::Unreachable {
+            url: server.clone(),
+            reason: e,
+        };
+        let token = self.bearer().await.map_err(|e| unreachable(format!("{e:#}")))?;
+        let mut form: Vec<(&str, String)> = vec![
+            ("grant_type", crate::people::TOKEN_EXCHANGE_GRANT.into()),
+            ("client_id", crate::people::CLI_CLIENT_ID.into()),
+            ("subject_token", token),
+            ("subject_token_type", crate::people::ACCESS_TOKEN_TYPE.into()),
+        ];
+        if !scopes.is_empty() {
+            form.push(("scope", scopes.join(" ")));
+        }
+        if let Some(a) = actor {
+            form.push(("actor_token", a.to_string()));
+            form.push(("actor_token_type", crate::people::PROCESS_TOKEN_TYPE.into()));
+        }
+        let url = format!(
+            "{}/envs/{}/token",
+            self.session.server,
+            url::form_urlencoded::byte_serialize(env.as_bytes()).collect::<String>()
+        );
+        let r = self
+            .http
+            .post(url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| unreachable(e.without_url().to_string()))?;
+        let status = r.status();
+        let bytes = r.bytes().await.map_err(|e| unreachable(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| ClientError::Protocol(format!("HTTP {status} without a JSON body")))?;
+        if status.is_success() {
+            Ok(crate::client::FetchedToken {
+                access_token: SecretString::from(v["access_token"].as_str().unwrap_or_default().to_string()),
+                expires_in: v["expires_in"].as_u64().unwrap_or(0),
+                scope: v["scope"].as_str().unwrap_or_default().to_string(),
+                token_type: v["token_type"].as_str().unwrap_or_default().to_string(),
+            })
+        } else {
+            Err(ClientError::Refused {
+                status: status.as_u16(),
+                error: v["error"].as_str().unwrap_or("error").to_string(),
+                description: v["error_description"].as_str().unwrap_or_default().to_string(),
+            })
+        }
+    }
+}
+
+/// Read a secret from the terminal (no echo) or, with `from_stdin`, one line of stdin.
+pub fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<SecretString> {
+    let line = if from_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_line(&mut s)
+            .context("cannot read standard input")?;
+        s
+    } else {
+        rpassword::prompt_password(prompt).context("cannot read from the terminal (use --password-stdin)")?
+    };
+    let line = line.trim_end_matches(['\n', '\r']).to_string();
+    if line.is_empty() {
+        bail!("nothing was entered");
+    }
+    Ok(SecretString::from(line))
+}
