@@ -1,0 +1,390 @@
+//! The people commands of the CLI, as a person (or an agent in their terminal) runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use airlock::people;
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::{Backend, TestApp, spawn_app};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A private HOME / XDG_CONFIG_HOME for one person's CLI.
+struct Terminal {
+    dir: tempfile::TempDir,
+    server: String,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Terminal {
+    fn new(app: &TestApp) -> Terminal {
+        Terminal {
+            dir: tempfile::tempdir().unwrap(),
+            server: app.base.clone(),
+        }
+    }
+
+    fn session_path(&self) -> PathBuf {
+        self.dir.path().join("config/airlock/session.json")
+    }
+
+    fn cmd(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(TestApp::bin());
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("TMPDIR", std::env::temp_dir())
+            .env("AIRLOCK_SERVER", &self.server)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn run_cmd(mut c: tokio::process::Command, stdin: &str) -> Out {
+        let mut child = c.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).await.unwrap();
+        drop(input);
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn run(&self, args: &[&str], stdin: &str) -> Out {
+        Self::run_cmd(self.cmd(args), stdin).await
+    }
+
+    async fn login(&self, username: &str) -> Out {
+        self.run(
+            &["login", "--password", "--username", username, "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        )
+        .await
+    }
+}
+
+async fn person(app: &TestApp, name: &str, roles: &[&str]) -> airlock::domain::User {
+    people::create_user(
+        &app.state,
+        "test",
+        name,
+        &SecretString::from(PASSWORD.to_string()),
+        roles.iter().map(|r| r.to_string()).collect(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Enrol TOTP for `user`; returns the secret.
+async fn enrol(app: &TestApp, user: &airlock::domain::User) -> Vec<u8> {
+    let e = people::totp_begin(&app.state, user).await.unwrap();
+    let secret = data_encoding::BASE32_NOPAD.decode(e.secret.as_bytes()).unwrap();
+    let user = people::find_user(&app.state, &user.username).await.unwrap();
+    let step = airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp());
+    people::totp_activate(&app.state, &user, &airlock::totp::code_at(&secret, step - 1))
+        .await
+        .unwrap();
+    secret
+}
+
+fn claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.trim().split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+async fn a_developer_logs_in_gets_a_staging_token_and_logs_out(backend: Backend) {
+    // Arrange
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let bob = person(&app, "bob", &["developer"]).await;
+    let secret = enrol(&app, &bob).await;
+    let t = Terminal::new(&app);
+
+    // Act: password, then the TOTP code, both from standard input.
+    let step = airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp());
+    let code = airlock::totp::code_at(&secret, step + 1);
+    let out = t
+        .run(
+            &[
+                "login",
+                "--password",
+                "--username",
+                "bob",
+                "--password-stdin",
+                "--code-stdin",
+            ],
+            &format!("{PASSWORD}\n{code}\n"),
+        )
+        .await;
+
+    // Assert
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("Logged in"), "{}", out.stdout);
+    assert_eq!(mode(&t.session_path()), 0o600);
+    assert_eq!(mode(t.session_path().parent().unwrap()), 0o700);
+    let me = t.run(&["whoami", "--json"], "").await;
+    assert_eq!(me.code, 0, "{}", me.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&me.stdout).unwrap()["username"],
+        "bob"
+    );
+    let tok = t
+        .run(&["token", "--env", "staging", "--scope", "db:read"], "")
+        .await;
+    assert_eq!(tok.code, 0, "{}", tok.stderr);
+    let c = claims(&tok.stdout);
+    assert_eq!(
+        (c["sub"].as_str(), c["env"].as_str(), c["scope"].as_str()),
+        (Some("bob"), Some("staging"), Some("db:read"))
+    );
+
+    // Logout revokes server-side: the saved access token stops working at once.
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(t.session_path()).unwrap()).unwrap();
+    let access = saved["access_token"].as_str().unwrap().to_string();
+    let out = t.run(&["logout"], "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!t.session_path().exists());
+    let r = app
+        .client
+        .get(app.url("/v1/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let out = t.run(&["token", "--env", "staging"], "").await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("not logged in"), "{}", out.stderr);
+}
+
+async fn production_destructive_and_unlisted_environments_are_refused(backend: Backend) {
+    let Some(app) = crate::harness::spawn_app_with(backend, |s| {
+        let dev = s.roles.get_mut("developer").unwrap();
+        dev.tokens
+            .insert("dev".into(), vec!["db:read".into(), "db:drop".into()]);
+        dev.tokens.remove("staging");
+    })
+    .await
+    else {
+        return;
+    };
+    person(&app, "bob", &["developer"]).await;
+    let t = Terminal::new(&app);
+    assert_eq!(t.login("bob").await.code, 0);
+    for (env, scope, needle) in [
+        ("prod", "db:read", "airlock escalate --env prod"),
+        ("dev", "db:drop", "airlock escalate --env dev"),
+        (
+            "staging",
+            "db:read",
+            "do not give you tokens for environment 'staging'",
+        ),
+    ] {
+        let out = t.run(&["token", "--env", env, "--scope", scope], "").await;
+        assert_eq!(out.code, 77, "{env} {scope}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("access_denied") && out.stderr.contains(needle),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        t.run(&["token", "--env", "dev", "--scope", "db:read"], "")
+            .await
+            .code,
+        0
+    );
+}
+
+async fn exec_gives_the_child_a_token_and_nothing_that_leads_to_the_session(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    person(&app, "bob", &["developer"]).await;
+    let t = Terminal::new(&app);
+    assert_eq!(t.login("bob").await.code, 0);
+    let saved = std::fs::read_to_string(t.session_path()).unwrap();
+    let saved: Value = serde_json::from_str(&saved).unwrap();
+    let seen = t.dir.path().join("child-env");
+    let script = format!(
+        "env > {seen}; {bin} token --env staging > {seen}.token 2> {seen}.err; echo $? > {seen}.code",
+        seen = seen.display(),
+        bin = TestApp::bin().display()
+    );
+    let mut cmd = t.cmd(&[
+        "exec", "--env", "staging", "--scope", "db:read", "--", "sh", "-c", &script,
+    ]);
+    cmd.env("AIRLOCK_CLIENT_SECRET", "airlock_secret_parent")
+        .env("AIRLOCK_MASTER_KEY", "parent-master-key");
+    let out = Terminal::run_cmd(cmd, "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    let env = std::fs::read_to_string(&seen).unwrap();
+    let airlock_vars: Vec<&str> = env.lines().filter(|l| l.starts_with("AIRLOCK_")).collect();
+    let names: Vec<&str> = airlock_vars
+        .iter()
+        .map(|l| l.split('=').next().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "AIRLOCK_ENV",
+            "AIRLOCK_SESSION_FILE",
+            "AIRLOCK_TOKEN",
+            "AIRLOCK_TOKEN_FILE"
+        ],
+        "{env}"
+    );
+    assert!(env.contains("AIRLOCK_SESSION_FILE=/dev/null\n"));
+    for secret in [
+        saved["refresh_token"].as_str().unwrap(),
+        saved["access_token"].as_str().unwrap(),
+        "airlock_secret_parent",
+        "parent-master-key",
+    ] {
+        assert!(
+            !env.contains(secret),
+            "the child's environment holds a parent secret"
+        );
+    }
+    let token = env
+        .lines()
+        .find_map(|l| l.strip_prefix("AIRLOCK_TOKEN="))
+        .unwrap();
+    let c = claims(token);
+    assert_eq!(
+        c["act"]["sub"], "process:sh",
+        "the token names the process acting for bob"
+    );
+    assert_eq!(c["sub"], "bob");
+    // The child's own airlock CLI finds no session.
+    assert_ne!(
+        std::fs::read_to_string(format!("{}.code", seen.display()))
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    assert!(
+        std::fs::read_to_string(format!("{}.err", seen.display()))
+            .unwrap()
+            .contains("no session of its own")
+    );
+    // The audit trail tells the person from the process acting for them.
+    let events = app.audit_kinds().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event.kind == "token.issued" && e.event.details["act"] == "process:sh")
+    );
+}
+
+async fn a_session_file_others_can_read_is_refused(backend: Backend) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    person(&app, "bob", &["developer"]).await;
+    let t = Terminal::new(&app);
+    assert_eq!(t.login("bob").await.code, 0);
+    for loose in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(t.session_path(), std::fs::Permissions::from_mode(loose)).unwrap();
+        let out = t.run(&["token", "--env", "staging"], "").await;
+        assert_ne!(out.code, 0, "mode {loose:o}");
+        assert!(out.stderr.contains("other users can access it"), "{}", out.stderr);
+        assert!(out.stdout.is_empty(), "no token printed");
+    }
+}
+
+async fn bootstrap_creates_the_first_admin_only_and_a_wrong_password_is_refused(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let t = Terminal::new(&app);
+    let bootstrap = |name: &str| {
+        let mut c = t.cmd(&[
+            "--database",
+            &app.db.url,
+            "admin",
+            "bootstrap",
+            "--username",
+            name,
+            "--password-stdin",
+        ]);
+        c.env("AIRLOCK_MASTER_KEY", app.master_key_b64())
+            .env("AIRLOCK_DATA_DIR", t.dir.path());
+        c
+    };
+    let out = Terminal::run_cmd(bootstrap("alice"), &format!("{PASSWORD}\n")).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = Terminal::run_cmd(bootstrap("mallory"), &format!("{PASSWORD}\n")).await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("an admin already exists"), "{}", out.stderr);
+    assert!(people::find_user(&app.state, "mallory").await.is_err());
+    let alice = people::find_user(&app.state, "alice").await.unwrap();
+    assert_eq!(alice.roles, vec!["admin".to_string()]);
+    // A short password is refused with the rule.
+    let mut short = bootstrap("carol");
+    short.env("AIRLOCK_MASTER_KEY", app.master_key_b64());
+    assert!(
+        Terminal::run_cmd(short, "short\n")
+            .await
+            .stderr
+            .contains("at least 12")
+    );
+
+    let out = t
+        .run(
+            &["login", "--password", "--username", "alice", "--password-stdin"],
+            "not the password\n",
+        )
+        .await;
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("wrong username or password"),
+        "{}",
+        out.stderr
+    );
+    assert!(!t.session_path().exists());
+}
+
+crate::both_backends!(
+    a_developer_logs_in_gets_a_staging_token_and_logs_out,
+    production_destructive_and_unlisted_environments_are_refused,
+    exec_gives_the_child_a_token_and_nothing_that_leads_to_the_session,
+    a_session_file_others_can_read_is_refused,
+    bootstrap_creates_the_first_admin_only_and_a_wrong_password_is_refused,
+);
