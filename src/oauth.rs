@@ -58,6 +58,9 @@ pub struct TokenResponse {
     pub expires_in: u64,
     /// Granted scopes, space-separated.
     pub scope: String,
+    /// RFC 8693 section 2.2.1: present on token-exchange responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// Client credentials as presented, by either method.
@@ -223,6 +226,7 @@ pub async fn client_credentials(
         token_type: "Bearer",
         expires_in: lifetime.as_secs(),
         scope: claims.scope,
+        issued_token_type: None,
     })
 }
 

@@ -66,6 +66,7 @@ impl SignInError {
             SignInError::TotpInvalid => {
                 "that code is wrong or was already used; wait for the next one".into()
             }
+            SignInError::Throttled(1) => "too many failed sign-ins; try again in 1 second".into(),
             SignInError::Throttled(s) => format!("too many failed sign-ins; try again in {s} seconds"),
             SignInError::Busy => "too many sign-ins at once; try again in a few seconds".into(),
             SignInError::Unavailable => "Airlock cannot record sign-ins right now; try again shortly".into(),
@@ -221,7 +222,7 @@ pub async fn sign_in(
     let user = match user {
         Some(u) if ok && !u.disabled => u,
         other => {
-            record_failure(state, &keys, at).await?;
+            record_failure(state, &keys, now()).await?;
             let reason = match &other {
                 None => "unknown_user",
                 Some(u) if u.disabled && ok => "disabled",
@@ -236,7 +237,7 @@ pub async fn sign_in(
             return Err(SignInError::TotpRequired);
         };
         if !verify_totp(state, &user, code).await? {
-            record_failure(state, &keys, at).await?;
+            record_failure(state, &keys, now()).await?;
             audit_sign_in_failure(state, peer, Some(&user), "wrong_or_replayed_totp", via).await?;
             return Err(SignInError::TotpInvalid);
         }
@@ -694,6 +695,7 @@ pub async fn exchange(
         token_type: "Bearer",
         expires_in: lifetime.as_secs(),
         scope: claims.scope,
+        issued_token_type: Some(ACCESS_TOKEN_TYPE),
     })
 }
 

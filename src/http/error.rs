@@ -123,11 +123,31 @@ impl IntoResponse for ApiError {
             tracing::error!(error = ?e, "internal error");
         }
         let (status, code, message) = self.parts();
-        (
+        let mut response = (
             status,
             Json(json!({ "error": { "code": code, "message": message } })),
         )
-            .into_response()
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match (&self, status) {
+            (ApiError::SignIn(crate::people::SignInError::Throttled(secs)), _) => {
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    headers.insert(header::RETRY_AFTER, v);
+                }
+            }
+            (_, StatusCode::SERVICE_UNAVAILABLE) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            (_, StatusCode::UNAUTHORIZED) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="airlock""#),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }
 

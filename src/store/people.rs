@@ -769,6 +769,10 @@ macro_rules! impl_people_store {
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
+                // The session first: device_codes.session_id references it. If the code
+                // was already redeemed, the update below matches nothing and the whole
+                // transaction, session included, is rolled back.
+                insert_session(&mut tx, session, Some(refresh_hash)).await?;
                 let done = sqlx::query(
                     "update device_codes set status = 'consumed', session_id = $1 \
                      where id = $2 and status = 'approved'",
@@ -781,7 +785,6 @@ macro_rules! impl_people_store {
                 if done.rows_affected() == 0 {
                     return Err($crate::store::StoreError::Conflict);
                 }
-                insert_session(&mut tx, session, Some(refresh_hash)).await?;
                 append_in_tx(&mut tx, vec![event]).await?;
                 tx.commit().await.map_err(map_err)
             }

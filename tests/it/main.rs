@@ -6,4 +6,6 @@ mod contract;
 mod failclosed;
 mod hardening;
 mod harness;
+mod people;
+mod people_cli;
 mod tokens;
