@@ -13,6 +13,7 @@ mod extract;
 mod health;
 mod session;
 mod tokens;
+mod web;
 
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(session::router())
         .merge(api::router())
+        .merge(web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

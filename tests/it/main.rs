@@ -1,6 +1,7 @@
 //! Integration tests: one binary, the real server over HTTP, a fresh database per test,
 //! every behaviour on SQLite and PostgreSQL.
 
+mod browser;
 mod cli;
 mod contract;
 mod failclosed;

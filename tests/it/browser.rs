@@ -1,0 +1,948 @@
+//! The web pages: sign-in, device approval and TOTP enrolment, in a real headless
+//! Chromium driven over WebDriver (fantoccini + Debian's `chromedriver`), and their
+//! security measures (headers, cookies, CSRF) checked at the HTTP level with reqwest.
+//!
+//! Browser tests are skipped with a notice when `/usr/bin/chromedriver` is missing,
+//! unless `AIRLOCK_REQUIRE_BROWSER=1` (CI) turns the skip into a failure. Set
+//! `AIRLOCK_SCREENSHOT_DIR` to save a screenshot of the device approval page.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use airlock::people;
+use airlock::totp::{code_at, step_at};
+use data_encoding::BASE32_NOPAD;
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, SET_COOKIE};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::harness::{Backend, TestApp, spawn_app, spawn_app_with};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// Longest wait for a page element; pages answer in milliseconds.
+const WAIT: Duration = Duration::from_secs(15);
+const PASSWORD: &str = "correct horse battery staple";
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+crate::both_backends!(
+    the_device_flow_signs_in_with_password_and_totp_in_a_real_browser,
+    airlock_login_is_approved_in_the_browser_and_then_mints_a_staging_token,
+    denying_in_the_browser_makes_the_terminal_get_access_denied,
+    a_wrong_password_or_totp_code_shows_an_error_and_signs_nobody_in,
+    enrolling_totp_on_the_web_page_turns_it_on,
+    pages_send_strict_headers_and_cookies_and_refuse_posts_without_csrf,
+    cookies_are_secure_and_host_prefixed_unless_public_url_is_plain_http_on_loopback,
+    a_throttled_sign_in_says_when_to_retry_and_oversized_forms_are_refused,
+);
+
+// --- the browser ----------------------------------------------------------------------
+
+fn require_browser() -> bool {
+    std::env::var("AIRLOCK_REQUIRE_BROWSER").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Chromium under a chromedriver of our own, in a process group of our own.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// A fresh browser with an empty profile; `None` (skip) without chromedriver.
+    async fn start() -> Option<Browser> {
+        if !Path::new(CHROMEDRIVER).exists() {
+            if require_browser() {
+                panic!(
+                    "AIRLOCK_REQUIRE_BROWSER=1 but {CHROMEDRIVER} is missing: apt-get install chromium chromium-driver"
+                );
+            }
+            eprintln!(
+                "notice: skipping a browser test: install chromium and chromium-driver to run it \
+                 (AIRLOCK_REQUIRE_BROWSER=1 makes this a failure)"
+            );
+            return None;
+        }
+        let profile = tempfile::tempdir().expect("profile dir");
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                // The machine has no internet; without these Chromium stalls on start-up.
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                    "--window-size=412,915",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }
+        });
+        let caps = caps.as_object().expect("object").clone();
+        // reqwest and fantoccini's hyper-rustls between them enable both of rustls's
+        // providers, so rustls cannot pick one by itself.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // The free port can be taken between probing and chromedriver binding it: retry.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut driver = Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("chromedriver starts");
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let attempt = ClientBuilder::rustls()
+                    .expect("rustls")
+                    .capabilities(caps.clone())
+                    .connect(&url)
+                    .await;
+                match attempt {
+                    Ok(client) => {
+                        return Some(Browser {
+                            client,
+                            driver,
+                            _profile: profile,
+                        });
+                    }
+                    Err(_) if driver.try_wait().ok().flatten().is_some() => break,
+                    Err(e) if Instant::now() > deadline => {
+                        panic!("chromedriver did not start a browser: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        panic!("chromedriver exited three times; is a port free?");
+    }
+
+    /// Quit the browser, then make sure nothing of the driver's group is left.
+    async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        self.kill_group();
+        let _ = self.driver.wait().await;
+    }
+
+    fn kill_group(&self) {
+        // The group was created for this driver (`process_group(0)`), so its id is the
+        // driver's pid; Chromium's processes are in it too.
+        if let Some(pid) = self.driver.id() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // A failed test never leaves a browser behind.
+        self.kill_group();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+async fn element(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+}
+
+async fn fill(c: &Client, css: &str, text: &str) {
+    let e = element(c, css).await;
+    e.clear().await.expect("clear");
+    e.send_keys(text).await.expect("type");
+}
+
+async fn click(c: &Client, css: &str) {
+    element(c, css).await.click().await.expect("click");
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    element(c, css).await.text().await.expect("text")
+}
+
+async fn value_of(c: &Client, css: &str) -> String {
+    element(c, css)
+        .await
+        .prop("value")
+        .await
+        .expect("value")
+        .unwrap_or_default()
+}
+
+/// Wait until the element's text contains `needle` (the page after a submit).
+async fn wait_for_text(c: &Client, css: &str, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await
+            && let Ok(t) = e.text().await
+            && t.contains(needle)
+        {
+            return t;
+        }
+        if Instant::now() > deadline {
+            let source = c.source().await.unwrap_or_default();
+            panic!("{css} never said {needle:?}; the page is:\n{source}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Fill and submit the sign-in form.
+async fn sign_in(c: &Client, username: &str, password: &str, code: Option<&str>) {
+    fill(c, "#username", username).await;
+    fill(c, "#password", password).await;
+    fill(c, "#code", code.unwrap_or_default()).await;
+    click(c, "#sign-in-button").await;
+}
+
+async fn cookie_names(c: &Client) -> Vec<String> {
+    c.get_all_cookies()
+        .await
+        .expect("cookies")
+        .iter()
+        .map(|k| k.name().to_string())
+        .collect()
+}
+
+async fn maybe_screenshot(c: &Client, name: &str) {
+    if let Ok(dir) = std::env::var("AIRLOCK_SCREENSHOT_DIR") {
+        let png = c.screenshot().await.expect("screenshot");
+        std::fs::write(Path::new(&dir).join(format!("{name}.png")), png).expect("write screenshot");
+    }
+}
+
+// --- people and the device flow -------------------------------------------------------
+
+/// A person created through the library, with TOTP enrolled when asked.
+struct Person {
+    username: String,
+    secret: Option<Vec<u8>>,
+    /// Last TOTP step the server has seen (codes are single-use).
+    last_step: i64,
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Person {
+    async fn create(app: &TestApp, username: &str, totp: bool) -> Person {
+        let user = people::create_user(
+            &app.state,
+            "test",
+            username,
+            &SecretString::from(PASSWORD),
+            vec!["developer".into()],
+        )
+        .await
+        .expect("person created");
+        let mut person = Person {
+            username: username.into(),
+            secret: None,
+            last_step: 0,
+        };
+        if totp {
+            let enrolment = people::totp_begin(&app.state, &user).await.expect("totp begin");
+            let secret = BASE32_NOPAD
+                .decode(enrolment.secret.as_bytes())
+                .expect("base32 secret");
+            let pending = people::find_user(&app.state, username).await.expect("person");
+            let step = step_at(unix_now());
+            people::totp_activate(&app.state, &pending, &code_at(&secret, step))
+                .await
+                .expect("totp activated");
+            person.secret = Some(secret);
+            person.last_step = step;
+        }
+        person
+    }
+
+    /// A code the server accepts and has not seen: the first step after the last one
+    /// used, no earlier than now and at most one step ahead (the allowed drift).
+    async fn fresh_code(&mut self) -> String {
+        let secret = self.secret.clone().expect("TOTP enrolled");
+        loop {
+            let now = step_at(unix_now());
+            let step = (self.last_step + 1).max(now);
+            if step <= now + 1 {
+                self.last_step = step;
+                return code_at(&secret, step);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// A well-formed code that is wrong now.
+    fn wrong_code(&self) -> String {
+        let secret = self.secret.as_ref().expect("TOTP enrolled");
+        let now = step_at(unix_now());
+        let valid: Vec<String> = (now - 2..=now + 2).map(|s| code_at(secret, s)).collect();
+        (0..)
+            .map(|i| format!("{:06}", (123_456 + i * 7_919) % 1_000_000))
+            .find(|c| !valid.contains(c))
+            .expect("a wrong code")
+    }
+}
+
+/// `POST /oauth/device_authorization` as the CLI does it.
+async fn start_device_flow(app: &TestApp) -> Value {
+    let r = app
+        .client
+        .post(app.url("/oauth/device_authorization"))
+        .form(&[("client_id", people::CLI_CLIENT_ID)])
+        .send()
+        .await
+        .expect("device authorization");
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.expect("json")
+}
+
+/// One poll of `/oauth/token` with the device code.
+async fn poll(app: &TestApp, device_code: &str) -> (StatusCode, Value) {
+    let r = app
+        .client
+        .post(app.url("/oauth/token"))
+        .form(&[
+            ("grant_type", people::DEVICE_CODE_GRANT),
+            ("device_code", device_code),
+            ("client_id", people::CLI_CLIENT_ID),
+        ])
+        .send()
+        .await
+        .expect("token request");
+    let status = r.status();
+    (status, r.json().await.expect("json"))
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+// --- the tests --------------------------------------------------------------------------
+
+async fn the_device_flow_signs_in_with_password_and_totp_in_a_real_browser(backend: Backend) {
+    // Arrange
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let c = &browser.client;
+    let mut alice = Person::create(&app, "alice", true).await;
+    let device = start_device_flow(&app).await;
+    let device_code = str_of(&device, "device_code");
+    let user_code = str_of(&device, "user_code");
+    let (_, pending) = poll(&app, device_code).await;
+    assert_eq!(pending["error"], "authorization_pending");
+
+    // Act: open the link the terminal shows, sign in with password and TOTP, approve.
+    c.goto(str_of(&device, "verification_uri_complete"))
+        .await
+        .expect("open page");
+    let code = alice.fresh_code().await;
+    sign_in(c, &alice.username, PASSWORD, Some(&code)).await;
+    let request = text_of(c, "#request").await;
+    assert_eq!(request, "A terminal is asking to sign in as alice.");
+    assert_eq!(text_of(c, "#user-code").await, user_code);
+    maybe_screenshot(c, &format!("device-approval-{backend:?}").to_lowercase()).await;
+    click(c, "#approve").await;
+    let result = wait_for_text(c, "#result", "Approved").await;
+
+    // Assert
+    assert_eq!(result, "Approved: return to your terminal.");
+    let (status, tokens) = poll(&app, device_code).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert!(!str_of(&tokens, "access_token").is_empty());
+    assert!(str_of(&tokens, "refresh_token").starts_with("airlock_refresh_"));
+    assert_eq!(tokens["username"], "alice");
+    browser.close().await;
+}
+
+async fn airlock_login_is_approved_in_the_browser_and_then_mints_a_staging_token(backend: Backend) {
+    // Arrange: a server that lets the CLI poll every second.
+    let Some(app) = spawn_app_with(backend, |s| {
+        s.auth.device_poll_interval = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let c = &browser.client;
+    let mut alice = Person::create(&app, "alice", true).await;
+    let home = tempfile::tempdir().expect("home");
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(TestApp::bin());
+        cmd.env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+
+    // Act: `airlock login` prints the page to open; the browser signs in and approves.
+    let mut login = cli(&["login", "--server", &app.base])
+        .spawn()
+        .expect("airlock login");
+    let mut stderr = BufReader::new(login.stderr.take().expect("stderr")).lines();
+    let mut seen = String::new();
+    let url = tokio::time::timeout(WAIT, async {
+        while let Some(line) = stderr.next_line().await.expect("stderr line") {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(url) = line.split_whitespace().find(|w| w.contains("/device?user_code=")) {
+                return url.to_string();
+            }
+        }
+        panic!("airlock login printed no verification URL:\n{seen}");
+    })
+    .await
+    .expect("airlock login prints a URL in time");
+    let rest_of_stderr = tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    });
+    c.goto(&url).await.expect("open page");
+    let code = alice.fresh_code().await;
+    sign_in(c, &alice.username, PASSWORD, Some(&code)).await;
+    click(c, "#approve").await;
+    wait_for_text(c, "#result", "Approved").await;
+    let status = tokio::time::timeout(Duration::from_secs(60), login.wait())
+        .await
+        .expect("airlock login exits after approval")
+        .expect("wait");
+    let mut stdout = String::new();
+    login
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .await
+        .expect("stdout");
+    let stderr = rest_of_stderr.await.unwrap_or_default();
+
+    // Assert: logged in, and the session mints a staging token.
+    assert!(status.success(), "airlock login failed: {stdout}\n{stderr}");
+    let token = tokio::time::timeout(
+        Duration::from_secs(60),
+        cli(&["token", "--env", "staging", "--scope", "db:read"]).output(),
+    )
+    .await
+    .expect("airlock token finishes")
+    .expect("airlock token runs");
+    let out = String::from_utf8_lossy(&token.stdout);
+    assert!(
+        token.status.success(),
+        "airlock token failed: {out}\n{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let jwt = out.trim();
+    assert_eq!(jwt.split('.').count(), 3, "not a JWT: {jwt}");
+    browser.close().await;
+}
+
+async fn denying_in_the_browser_makes_the_terminal_get_access_denied(backend: Backend) {
+    // Arrange
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let c = &browser.client;
+    let bob = Person::create(&app, "bob", false).await;
+    let device = start_device_flow(&app).await;
+
+    // Act
+    c.goto(str_of(&device, "verification_uri_complete"))
+        .await
+        .expect("open page");
+    sign_in(c, &bob.username, PASSWORD, None).await;
+    assert_eq!(text_of(c, "#user-code").await, str_of(&device, "user_code"));
+    click(c, "#deny").await;
+    let result = wait_for_text(c, "#result", "Denied").await;
+
+    // Assert
+    assert!(result.starts_with("Denied."), "{result}");
+    let (status, answer) = poll(&app, str_of(&device, "device_code")).await;
+    assert!(status.is_client_error(), "{status}");
+    assert_eq!(answer["error"], "access_denied", "{answer}");
+    browser.close().await;
+}
+
+async fn a_wrong_password_or_totp_code_shows_an_error_and_signs_nobody_in(backend: Backend) {
+    // Arrange
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let c = &browser.client;
+    let alice = Person::create(&app, "alice", true).await;
+    let device = start_device_flow(&app).await;
+    let user_code = str_of(&device, "user_code");
+    c.goto(str_of(&device, "verification_uri_complete"))
+        .await
+        .expect("open page");
+
+    // Act + Assert: a wrong password.
+    sign_in(c, "alice", "not the password at all", None).await;
+    wait_for_text(c, "#message", "Wrong username or password").await;
+
+    // The right password without a code: asked for the code, password not kept.
+    sign_in(c, "alice", PASSWORD, None).await;
+    wait_for_text(c, "#message", "Enter the code from your authenticator app").await;
+    assert_eq!(value_of(c, "#username").await, "alice");
+    assert_eq!(value_of(c, "#password").await, "");
+    assert!(!c.source().await.expect("source").contains(PASSWORD));
+
+    // The right password with a wrong code.
+    sign_in(c, "alice", PASSWORD, Some(&alice.wrong_code())).await;
+    wait_for_text(c, "#message", "That code is wrong or was already used").await;
+    maybe_screenshot(c, &format!("sign-in-error-{backend:?}").to_lowercase()).await;
+
+    // Nobody is signed in and nothing was decided.
+    let names = cookie_names(c).await;
+    assert!(names.iter().any(|n| n == "airlock_csrf"), "{names:?}");
+    assert!(!names.iter().any(|n| n == "airlock_web"), "{names:?}");
+    let csrf = c.get_named_cookie("airlock_csrf").await.expect("csrf cookie");
+    assert_eq!(csrf.http_only(), Some(true));
+    assert_eq!(format!("{:?}", csrf.same_site()), "Some(Strict)");
+    assert!(people::pending_device(&app.state, user_code).await.is_ok());
+    c.goto(&app.url("/device")).await.expect("open page");
+    element(c, "#sign-in").await;
+    browser.close().await;
+}
+
+async fn enrolling_totp_on_the_web_page_turns_it_on(backend: Backend) {
+    // Arrange
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let c = &browser.client;
+    let carol = Person::create(&app, "carol", false).await;
+
+    // Act: sign in on /totp, read the key off the page, type the first code.
+    c.goto(&app.url("/totp")).await.expect("open page");
+    sign_in(c, &carol.username, PASSWORD, None).await;
+    let shown = text_of(c, "#totp-secret").await;
+    let secret = BASE32_NOPAD
+        .decode(shown.replace(' ', "").as_bytes())
+        .expect("the page shows a base32 key");
+    let qr = element(c, "#qr").await;
+    let src = qr.attr("src").await.expect("src").unwrap_or_default();
+    assert!(src.starts_with("data:image/svg+xml;base64,"), "{src}");
+    // The QR image and the stylesheet load under the page's CSP.
+    let width = c
+        .execute(
+            "return arguments[0].naturalWidth",
+            vec![serde_json::to_value(&qr).expect("element")],
+        )
+        .await
+        .expect("naturalWidth");
+    assert!(
+        width.as_u64().is_some_and(|w| w > 0),
+        "the QR code did not render"
+    );
+    let header = element(c, "header").await;
+    assert_eq!(
+        header.css_value("background-color").await.expect("css"),
+        "rgba(31, 45, 61, 1)"
+    );
+    maybe_screenshot(c, &format!("totp-enrolment-{backend:?}").to_lowercase()).await;
+    fill(c, "#code", &code_at(&secret, step_at(unix_now()))).await;
+    click(c, "#activate button").await;
+    let result = wait_for_text(c, "#result", "set up").await;
+
+    // Assert
+    assert!(result.starts_with("Your authenticator app is set up"), "{result}");
+    let carol_now = people::find_user(&app.state, "carol").await.expect("carol");
+    assert!(carol_now.totp_enrolled());
+    c.goto(&app.url("/totp")).await.expect("open page");
+    wait_for_text(c, "#result", "already set up").await;
+    browser.close().await;
+}
+
+// --- HTTP-level checks (no browser needed) --------------------------------------------
+
+/// The value of the cookie `name` set by a response, with its attributes.
+fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_string)
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap_or_default().to_string()
+}
+
+/// The value of a hidden field `name` in a page.
+fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no field {name} in:\n{page}"))
+        + marker.len();
+    page[start..].split('"').next().unwrap_or_default().to_string()
+}
+
+fn assert_page_headers(headers: &HeaderMap) {
+    assert_eq!(headers["content-security-policy"], CSP);
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+}
+
+fn assert_no_inline_script_or_style(page: &str) {
+    for bad in ["<script", "style=", "<style", "javascript:"] {
+        assert!(!page.contains(bad), "page contains {bad}:\n{page}");
+    }
+}
+
+async fn pages_send_strict_headers_and_cookies_and_refuse_posts_without_csrf(backend: Backend) {
+    // Arrange
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut alice = Person::create(&app, "alice", true).await;
+    let device = start_device_flow(&app).await;
+    let user_code = str_of(&device, "user_code").to_string();
+    let http = &app.client;
+
+    // The sign-in page: strict headers, a double-submit CSRF cookie.
+    let r = http
+        .get(app.url(&format!("/device?user_code={user_code}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_page_headers(r.headers());
+    let csrf_cookie = set_cookie(r.headers(), "airlock_csrf").expect("a CSRF cookie");
+    for attr in ["; HttpOnly", "; SameSite=Strict", "; Path=/"] {
+        assert!(csrf_cookie.contains(attr), "{csrf_cookie}");
+    }
+    assert!(
+        !csrf_cookie.contains("Secure"),
+        "plain http on loopback: {csrf_cookie}"
+    );
+    let page = r.text().await.unwrap();
+    assert_no_inline_script_or_style(&page);
+    let login_csrf = hidden(&page, "csrf");
+    assert_eq!(cookie_pair(&csrf_cookie), format!("airlock_csrf={login_csrf}"));
+
+    let login = |cookie: Option<String>, csrf: Option<&str>, password: &str, code: &str| {
+        let mut form = vec![
+            ("next", "https://evil.example/".to_string()),
+            ("user_code", user_code.clone()),
+            ("username", "alice".into()),
+            ("password", password.into()),
+            ("code", code.into()),
+        ];
+        if let Some(t) = csrf {
+            form.push(("csrf", t.into()));
+        }
+        let mut req = http.post(app.url("/login")).form(&form);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
+
+    // Act + Assert: sign-in without either half of the double submit is refused.
+    let code = alice.fresh_code().await;
+    let r = login(Some(cookie_pair(&csrf_cookie)), None, PASSWORD, &code)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_page_headers(r.headers());
+    assert!(set_cookie(r.headers(), "airlock_web").is_none());
+    let r = login(None, Some(&login_csrf), PASSWORD, &code).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookie(r.headers(), "airlock_web").is_none());
+
+    // A wrong password is a 401 page with the message, and no session.
+    let r = login(
+        Some(cookie_pair(&csrf_cookie)),
+        Some(&login_csrf),
+        "wrong password!!",
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(set_cookie(r.headers(), "airlock_web").is_none());
+    assert!(r.text().await.unwrap().contains("Wrong username or password"));
+
+    // The right one: a strict session cookie, and a redirect only to our own page.
+    let r = login(
+        Some(cookie_pair(&csrf_cookie)),
+        Some(&login_csrf),
+        PASSWORD,
+        &code,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], format!("device?user_code={user_code}"));
+    let session_cookie = set_cookie(r.headers(), "airlock_web").expect("a session cookie");
+    let max_age = app.state.settings.auth.web_session_lifetime.as_secs();
+    for attr in [
+        "; HttpOnly".to_string(),
+        "; SameSite=Strict".into(),
+        "; Path=/".into(),
+        format!("; Max-Age={max_age}"),
+    ] {
+        assert!(session_cookie.contains(&attr), "{session_cookie}");
+    }
+    let session = cookie_pair(&session_cookie);
+
+    // The approval page carries the session's CSRF token.
+    let r = http
+        .get(app.url(&format!("/device?user_code={user_code}")))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_page_headers(r.headers());
+    let page = r.text().await.unwrap();
+    assert_no_inline_script_or_style(&page);
+    assert!(page.contains("A terminal is asking to sign in as <strong>alice</strong>"));
+    let token = hidden(&page, "csrf");
+    assert_eq!(token.len(), 64, "hex HMAC-SHA256");
+
+    // POST /device without the token, or with another one, is a 403 that decides nothing.
+    let decide = |csrf: Option<&str>| {
+        let mut form = vec![("decision", "approve"), ("user_code", user_code.as_str())];
+        if let Some(t) = csrf {
+            form.push(("csrf", t));
+        }
+        http.post(app.url("/device"))
+            .header("cookie", &session)
+            .form(&form)
+            .send()
+    };
+    for csrf in [None, Some(login_csrf.as_str()), Some(&"0".repeat(64))] {
+        let r = decide(csrf).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "csrf {csrf:?}");
+        assert_page_headers(r.headers());
+        assert!(people::pending_device(&app.state, &user_code).await.is_ok());
+    }
+    let (_, pending) = poll(&app, str_of(&device, "device_code")).await;
+    assert_eq!(pending["error"], "authorization_pending");
+
+    // With the token it works (so the 403s were the CSRF check).
+    let r = decide(Some(&token)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Approved: return to your terminal.")
+    );
+    let r = decide(Some(&token)).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_REQUEST,
+        "a decided code is not pending"
+    );
+
+    // Typed input is escaped.
+    let r = http
+        .get(app.url("/device?user_code=%3Cscript%3Ealert(1)%3C%2Fscript%3E"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+    assert_no_inline_script_or_style(&page);
+
+    // The stylesheet is CSS.
+    let r = http.get(app.url("/static/airlock.css")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+
+    // Sign-out needs the token too, then ends the session and clears the cookie.
+    let r = http
+        .post(app.url("/logout"))
+        .header("cookie", &session)
+        .form(&[("csrf", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http
+        .post(app.url("/logout"))
+        .header("cookie", &session)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cleared = set_cookie(r.headers(), "airlock_web").expect("cookie cleared");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let r = http
+        .get(app.url("/device"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.text().await.unwrap().contains("id=\"sign-in\""),
+        "the session has ended"
+    );
+}
+
+async fn cookies_are_secure_and_host_prefixed_unless_public_url_is_plain_http_on_loopback(backend: Backend) {
+    // Arrange: the same server, but published over https.
+    let Some(app) = spawn_app_with(backend, |s| {
+        s.public_url = "https://airlock.example.com".into();
+    })
+    .await
+    else {
+        return;
+    };
+    Person::create(&app, "dave", false).await;
+
+    // Act
+    let r = app.client.get(app.url("/device")).send().await.unwrap();
+    let csrf_cookie = set_cookie(r.headers(), "__Host-airlock_csrf").expect("a __Host- CSRF cookie");
+    let page = r.text().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/login"))
+        .header("cookie", cookie_pair(&csrf_cookie))
+        .form(&[
+            ("csrf", hidden(&page, "csrf").as_str()),
+            ("next", "totp"),
+            ("username", "dave"),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "totp");
+    let session_cookie = set_cookie(r.headers(), "__Host-airlock").expect("a __Host- session cookie");
+    for cookie in [&csrf_cookie, &session_cookie] {
+        for attr in ["; HttpOnly", "; SameSite=Strict", "; Path=/", "; Secure"] {
+            assert!(cookie.contains(attr), "{cookie}");
+        }
+        assert!(!cookie.contains("Domain"), "{cookie}");
+    }
+    assert!(set_cookie(r.headers(), "airlock_web").is_none());
+}
+
+async fn a_throttled_sign_in_says_when_to_retry_and_oversized_forms_are_refused(backend: Backend) {
+    // Arrange
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    Person::create(&app, "erin", false).await;
+    let r = app.client.get(app.url("/device")).send().await.unwrap();
+    let csrf_cookie = cookie_pair(&set_cookie(r.headers(), "airlock_csrf").expect("a CSRF cookie"));
+    let csrf = hidden(&r.text().await.unwrap(), "csrf");
+    let attempt = |password: &str| {
+        app.client
+            .post(app.url("/login"))
+            .header("cookie", &csrf_cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("username", "erin"),
+                ("password", password),
+            ])
+            .send()
+    };
+
+    // Act: more wrong passwords than the free allowance, then one more try.
+    let free = app.state.settings.auth.throttle_free_failures;
+    for _ in 0..=free {
+        let r = attempt("not erin's password").await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = attempt(PASSWORD).await.unwrap();
+
+    // Assert: a 429 page that says when to retry, and no session.
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_page_headers(r.headers());
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(set_cookie(r.headers(), "airlock_web").is_none());
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Too many failed sign-ins; try again in "), "{page}");
+
+    // A form larger than the token endpoint's limit, or not a form at all, is refused.
+    let limit = app.state.settings.limits.max_body_bytes;
+    let r = app
+        .client
+        .post(app.url("/login"))
+        .header("cookie", &csrf_cookie)
+        .form(&[("csrf", csrf.as_str()), ("username", &"a".repeat(limit))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_page_headers(r.headers());
+    let r = app
+        .client
+        .post(app.url("/login"))
+        .header("cookie", &csrf_cookie)
+        .json(&json!({ "csrf": csrf, "username": "erin", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
