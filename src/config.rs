@@ -185,6 +185,9 @@ pub struct AuthSettings {
     /// Lifetime of a browser sign-in.
     #[serde(with = "humantime_serde")]
     pub web_session_lifetime: Duration,
+    /// How long a step-up (a fresh TOTP code) allows admin changes.
+    #[serde(with = "humantime_serde")]
+    pub step_up_lifetime: Duration,
 }
 
 /// Connection pool tuning.

@@ -353,6 +353,11 @@ pub struct Session {
     pub revoked_at: Option<OffsetDateTime>,
     /// Why.
     pub revoked_reason: Option<String>,
+    /// Signed in with a TOTP code (admin and approver roles count only then).
+    pub totp_verified: bool,
+    /// Last confirmation with a fresh TOTP code (admin changes need a recent one).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub stepped_up_at: Option<OffsetDateTime>,
 }
 
 /// State of a device authorization (RFC 8628).
@@ -415,17 +420,17 @@ pub struct DeviceCode {
     pub last_polled_at: Option<OffsetDateTime>,
     /// Who approved or denied.
     pub user_id: Option<Uuid>,
+    /// Whether the approving browser session was signed in with TOTP.
+    pub totp_verified: bool,
+    /// Address the request came from (shown on the approval page).
+    pub client_address: Option<String>,
 }
 
-/// Sign-in failures recorded against one key (`user:NAME` or `ip:ADDR`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Throttle {
-    /// The key.
-    pub key: String,
-    /// Consecutive failures.
-    pub failures: i64,
-    /// No attempt is considered before this.
-    pub blocked_until: Option<OffsetDateTime>,
-    /// Last change.
-    pub updated_at: OffsetDateTime,
+/// The state of one throttle key after counting an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// Attempts in the current window, this one included.
+    pub attempts: i64,
+    /// No attempt is considered before this (Unix microseconds; 0 = not blocked).
+    pub blocked_until_us: i64,
 }

@@ -14,12 +14,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::domain::{
-    DeviceCode, DeviceStatus, KeySet, NewAuditEvent, Outcome, Session, SessionKind, Throttle, User, now,
+    DeviceCode, DeviceStatus, KeySet, NewAuditEvent, Outcome, Session, SessionKind, User, now,
 };
 use crate::oauth::{OAuthError, TokenResponse};
 use crate::password::{MAX_PASSWORD_LEN, PasswordError, check_policy};
@@ -101,17 +100,22 @@ pub fn normalize_username(raw: &str) -> Option<String> {
     ok.then_some(u)
 }
 
-fn throttle_keys(username: &str, peer: Option<IpAddr>) -> Vec<String> {
-    let mut keys = vec![format!("user:{username}")];
+/// Throttle keys: the account (as a keyed hash, so a password typed as the username
+/// is never stored in clear) and the client address.
+fn throttle_keys(state: &AppState, username: &str, peer: Option<IpAddr>) -> Vec<String> {
+    let mut keys = vec![format!(
+        "user:{}",
+        hex::encode(state.hasher.hash("throttle", username))
+    )];
     if let Some(ip) = peer {
         keys.push(format!("ip:{ip}"));
     }
     keys
 }
 
-/// How long a key is blocked after `failures` consecutive failures.
-pub fn throttle_delay(failures: i64, free: u32, max: Duration) -> Option<Duration> {
-    let over = failures - i64::from(free);
+/// How long a key is blocked after its `attempts`-th attempt.
+pub fn throttle_delay(attempts: i64, free: u32, max: Duration) -> Option<Duration> {
+    let over = attempts - i64::from(free);
     if over <= 0 {
         return None;
     }
@@ -119,43 +123,44 @@ pub fn throttle_delay(failures: i64, free: u32, max: Duration) -> Option<Duratio
     Some(Duration::from_secs(secs).min(max))
 }
 
-async fn check_throttle(state: &AppState, keys: &[String], at: OffsetDateTime) -> Result<(), SignInError> {
-    let throttles = state.store.throttles(keys).await.map_err(unavailable)?;
-    let wait = throttles
-        .iter()
-        .filter_map(|t| t.blocked_until)
-        .filter(|until| *until > at)
-        .map(|until| (until - at).whole_seconds().max(1) as u64)
-        .max();
-    match wait {
-        Some(s) => Err(SignInError::Throttled(s)),
-        None => Ok(()),
-    }
-}
-
-async fn record_failure(state: &AppState, keys: &[String], at: OffsetDateTime) -> Result<(), SignInError> {
+/// Count this attempt against every key, atomically, before any password is checked.
+/// An attempt within the free allowance goes ahead; past it, the first attempt after a
+/// block has expired goes ahead and blocks the key again, for twice as long; every
+/// other attempt is refused. Concurrent attempts are counted one by one by the store,
+/// so a burst cannot slip past the limit. Returns the seconds to wait when throttled.
+async fn count_attempt(state: &AppState, keys: &[String]) -> Result<(), SignInError> {
     let auth = &state.settings.auth;
-    let existing = state.store.throttles(keys).await.map_err(unavailable)?;
+    let at_us = (now().unix_timestamp_nanos() / 1000) as i64;
+    let window = (auth.throttle_max_delay * 2).as_micros() as i64;
+    let rule = crate::store::ThrottleRule {
+        at_us,
+        window_start_cutoff_us: at_us - window,
+        free: i64::from(auth.throttle_free_failures),
+        base_delay_us: 1_000_000,
+        max_delay_us: auth.throttle_max_delay.as_micros() as i64,
+    };
+    let mut wait_us = 0i64;
     for key in keys {
-        // Failures older than the longest delay are forgotten.
-        let previous = existing
-            .iter()
-            .find(|t| &t.key == key)
-            .filter(|t| at - t.updated_at < auth.throttle_max_delay * 2)
-            .map(|t| t.failures)
-            .unwrap_or(0);
-        let failures = previous + 1;
-        let blocked_until =
-            throttle_delay(failures, auth.throttle_free_failures, auth.throttle_max_delay).map(|d| at + d);
-        let t = Throttle {
-            key: key.clone(),
-            failures,
-            blocked_until,
-            updated_at: at,
-        };
-        state.store.throttle_failure(&t).await.map_err(unavailable)?;
+        let a = state
+            .store
+            .throttle_attempt(key, &rule)
+            .await
+            .map_err(unavailable)?;
+        let within_allowance = a.attempts <= rule.free;
+        // The store set the block from this attempt's own clock only if it let it through.
+        let let_through = throttle_delay(a.attempts, auth.throttle_free_failures, auth.throttle_max_delay)
+            .is_some_and(|d| a.blocked_until_us == at_us + d.as_micros() as i64);
+        if !within_allowance && !let_through {
+            wait_us = wait_us.max(a.blocked_until_us - at_us);
+        }
     }
-    Ok(())
+    if wait_us > 0 {
+        Err(SignInError::Throttled(
+            ((wait_us + 999_999) / 1_000_000).max(1) as u64
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 async fn audit_sign_in_failure(
@@ -190,11 +195,10 @@ pub async fn sign_in(
     password: SecretString,
     totp_code: Option<&str>,
     via: &str,
-) -> Result<User, SignInError> {
-    let at = now();
+) -> Result<SignedIn, SignInError> {
     let username = normalize_username(raw_username).unwrap_or_else(|| "[invalid]".into());
-    let keys = throttle_keys(&username, peer);
-    if let Err(e) = check_throttle(state, &keys, at).await {
+    let keys = throttle_keys(state, &username, peer);
+    if let Err(e) = count_attempt(state, &keys).await {
         if let SignInError::Throttled(_) = e {
             audit_sign_in_failure(state, peer, None, "throttled", via).await?;
         }
@@ -222,7 +226,6 @@ pub async fn sign_in(
     let user = match user {
         Some(u) if ok && !u.disabled => u,
         other => {
-            record_failure(state, &keys, now()).await?;
             let reason = match &other {
                 None => "unknown_user",
                 Some(u) if u.disabled && ok => "disabled",
@@ -232,18 +235,53 @@ pub async fn sign_in(
             return Err(SignInError::InvalidCredentials);
         }
     };
+    let mut totp_used = false;
     if user.totp_enrolled() {
         let Some(code) = totp_code else {
+            // The password was right: the first half of a two-step sign-in is not a
+            // failed attempt.
+            for key in &keys {
+                state
+                    .store
+                    .throttle_undo(key, i64::from(state.settings.auth.throttle_free_failures))
+                    .await
+                    .map_err(unavailable)?;
+            }
             return Err(SignInError::TotpRequired);
         };
         if !verify_totp(state, &user, code).await? {
-            record_failure(state, &keys, now()).await?;
             audit_sign_in_failure(state, peer, Some(&user), "wrong_or_replayed_totp", via).await?;
             return Err(SignInError::TotpInvalid);
         }
+        totp_used = true;
     }
-    state.store.throttle_reset(&keys[0]).await.map_err(unavailable)?;
-    Ok(user)
+    // Success: the account's count starts again, and the shared address gets its
+    // attempt back (people behind one NAT should not throttle each other by succeeding).
+    state
+        .store
+        .throttle_release(&keys[0])
+        .await
+        .map_err(unavailable)?;
+    if let Some(ip_key) = keys.get(1) {
+        state
+            .store
+            .throttle_undo(ip_key, i64::from(state.settings.auth.throttle_free_failures))
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(SignedIn {
+        user,
+        totp_verified: totp_used,
+    })
+}
+
+/// A successful sign-in.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// Who.
+    pub user: User,
+    /// Whether a TOTP code was part of it (admin and approver roles need that).
+    pub totp_verified: bool,
 }
 
 /// Check a TOTP code of `user` and consume its time step (no replay).
@@ -323,7 +361,13 @@ fn session_access_token(
     Ok((jwt, (exp - at).whole_seconds().max(0) as u64))
 }
 
-fn new_session(state: &AppState, user: &User, kind: SessionKind, secret_hash: Option<Vec<u8>>) -> Session {
+fn new_session(
+    state: &AppState,
+    user: &User,
+    kind: SessionKind,
+    secret_hash: Option<Vec<u8>>,
+    totp_verified: bool,
+) -> Session {
     let at = now();
     let lifetime = match kind {
         SessionKind::Cli => state.settings.auth.session_lifetime,
@@ -339,6 +383,8 @@ fn new_session(state: &AppState, user: &User, kind: SessionKind, secret_hash: Op
         expires_at: at + lifetime,
         revoked_at: None,
         revoked_reason: None,
+        totp_verified,
+        stepped_up_at: None,
     }
 }
 
@@ -351,10 +397,11 @@ fn session_event(kind: &str, user: &User, session: &Session, via: &str) -> NewAu
 /// Start a CLI session for a signed-in person.
 pub async fn start_cli_session(
     state: &AppState,
-    user: &User,
+    signed_in: &SignedIn,
     via: &str,
 ) -> Result<SessionTokens, OAuthError> {
-    let session = new_session(state, user, SessionKind::Cli, None);
+    let user = &signed_in.user;
+    let session = new_session(state, user, SessionKind::Cli, None, signed_in.totp_verified);
     let refresh = random_token("airlock_refresh_")?;
     let event = session_event("session.created", user, &session, via);
     state
@@ -374,13 +421,18 @@ pub async fn start_cli_session(
 }
 
 /// Start a browser session; returns the cookie value.
-pub async fn start_web_session(state: &AppState, user: &User) -> Result<(Session, String), OAuthError> {
+pub async fn start_web_session(
+    state: &AppState,
+    signed_in: &SignedIn,
+) -> Result<(Session, String), OAuthError> {
+    let user = &signed_in.user;
     let cookie = random_token("")?;
     let session = new_session(
         state,
         user,
         SessionKind::Web,
         Some(hash_of(state, "web", &cookie)),
+        signed_in.totp_verified,
     );
     let event = session_event("session.created", user, &session, "web");
     state
@@ -470,6 +522,59 @@ pub async fn authenticate_web(state: &AppState, cookie: &str) -> Result<Authenti
     let (session, user) = load(state, session.id, session.user_id).await?;
     check_session(state, &session, &user, SessionKind::Web)?;
     Ok(Authenticated { user, session })
+}
+
+/// The roles that count in this session: admin and approver roles need TOTP enrolled
+/// AND this session signed in (or stepped up) with a TOTP code.
+pub fn effective_roles(state: &AppState, auth: &Authenticated) -> Vec<String> {
+    let strong = auth.user.totp_enrolled() && auth.session.totp_verified;
+    policy::effective_roles(&state.settings, &auth.user.roles, strong)
+}
+
+/// Whether the session confirmed a fresh TOTP code within `auth.step_up_lifetime`.
+pub fn is_stepped_up(state: &AppState, auth: &Authenticated) -> bool {
+    auth.session
+        .stepped_up_at
+        .is_some_and(|t| now() - t < state.settings.auth.step_up_lifetime)
+}
+
+/// Step up: confirm a fresh TOTP code for this session (needed for admin changes, and
+/// marks the session as TOTP-verified).
+pub async fn step_up(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    auth: &Authenticated,
+    code: &str,
+) -> Result<(), SignInError> {
+    let keys = throttle_keys(state, &auth.user.username, peer);
+    count_attempt(state, &keys).await?;
+    if !auth.user.totp_enrolled() {
+        return Err(SignInError::TotpRequired);
+    }
+    if !verify_totp(state, &auth.user, code).await? {
+        audit_sign_in_failure(state, peer, Some(&auth.user), "wrong_or_replayed_totp", "step-up").await?;
+        return Err(SignInError::TotpInvalid);
+    }
+    state
+        .store
+        .throttle_release(&keys[0])
+        .await
+        .map_err(unavailable)?;
+    if let Some(ip_key) = keys.get(1) {
+        state
+            .store
+            .throttle_undo(ip_key, i64::from(state.settings.auth.throttle_free_failures))
+            .await
+            .map_err(unavailable)?;
+    }
+    state
+        .store
+        .step_up_session(auth.session.id, now())
+        .await
+        .map_err(unavailable)?;
+    let event = session_event("session.stepped_up", &auth.user, &auth.session, "totp");
+    state.store.append_audit(event).await.map_err(unavailable)?;
+    Ok(())
 }
 
 /// End a session (logout).
@@ -638,7 +743,7 @@ pub async fn exchange(
             "this server requires TOTP for everyone: run airlock totp enroll first".into(),
         ));
     }
-    let roles = policy::effective_roles(&state.settings, &user.roles, user.totp_enrolled());
+    let roles = effective_roles(state, &auth);
     let scopes = match policy::human_scopes(&state.settings, env, env_name, &roles, req.scope) {
         Ok(s) => s,
         Err(refusal) => {
@@ -781,6 +886,8 @@ pub async fn device_authorize(
             expires_at: at + auth.device_code_lifetime,
             last_polled_at: None,
             user_id: None,
+            totp_verified: false,
+            client_address: peer.map(|p| p.to_string()),
         };
         let event = NewAuditEvent::new("device.requested", "anonymous", Outcome::Success)
             .subject(code.id.to_string())
@@ -867,7 +974,8 @@ pub async fn device_poll(
             if user.disabled {
                 return Err(OAuthError::AccessDenied("this account is disabled".into()));
             }
-            let session = new_session(state, &user, SessionKind::Cli, None);
+            // The CLI session is as strong as the browser sign-in that approved it.
+            let session = new_session(state, &user, SessionKind::Cli, None, code.totp_verified);
             let refresh = random_token("airlock_refresh_")?;
             let event = session_event("session.created", &user, &session, "device");
             match state
@@ -933,7 +1041,14 @@ pub async fn decide_device(
         .detail("web_session", auth.session.id.to_string());
     match state
         .store
-        .decide_device_code(code.id, auth.user.id, approve, now(), event)
+        .decide_device_code(
+            code.id,
+            auth.user.id,
+            approve,
+            auth.session.totp_verified,
+            now(),
+            event,
+        )
         .await
     {
         Ok(()) => Ok(()),

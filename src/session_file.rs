@@ -3,9 +3,18 @@
 //!
 //! SECURITY: the file lives under `$XDG_CONFIG_HOME/airlock/` (or `~/.config/airlock/`)
 //! in a 0700 directory, is written 0600 via rename, and is refused if anyone else could
-//! read it. `airlock exec` points `AIRLOCK_SESSION_FILE` at `/dev/null` for its child,
-//! which this module treats as "no session here".
+//! read it. A directory the person chose with `AIRLOCK_SESSION_FILE` is created 0700 when
+//! missing but never re-moded when it exists (it may be shared, like `/tmp`).
+//! `airlock exec` points `AIRLOCK_SESSION_FILE` at `/dev/null` for its child, which this
+//! module treats as "no session here".
+//!
+//! Refresh tokens rotate and a reused one ends the whole session, so every process that
+//! may refresh takes an exclusive `flock` on `session.json.lock` (beside the file) and,
+//! while holding it, reloads the session from disk, refreshes only if the stored access
+//! token is about to expire, and saves. A long-lived process (`airlock exec`) thus picks
+//! up tokens another `airlock` refreshed instead of presenting a spent refresh token.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -64,15 +73,20 @@ impl SessionFile {
 
 /// The session file's path.
 pub fn path() -> anyhow::Result<PathBuf> {
+    Ok(location()?.0)
+}
+
+/// The session file's path, and whether the person chose it with `AIRLOCK_SESSION_FILE`.
+fn location() -> anyhow::Result<(PathBuf, bool)> {
     if let Some(p) = std::env::var_os("AIRLOCK_SESSION_FILE") {
-        return Ok(PathBuf::from(p));
+        return Ok((PathBuf::from(p), true));
     }
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
         .context("neither XDG_CONFIG_HOME nor HOME is set; cannot find the session file")?;
-    Ok(base.join("airlock").join("session.json"))
+    Ok((base.join("airlock").join("session.json"), false))
 }
 
 /// Whether a session file exists (for commands that go over HTTP when logged in).
@@ -117,17 +131,51 @@ pub fn load() -> anyhow::Result<SessionFile> {
     serde_json::from_str(&text).with_context(|| format!("{} is not an Airlock session file", p.display()))
 }
 
-/// Write the session atomically with mode 0600 in a 0700 directory.
+/// The directory that holds the session file at `p`.
+fn dir_of(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Make sure the session file's directory exists. A directory this creates is 0700, and
+/// so is the default `.../airlock` directory; an existing directory the person chose
+/// with `AIRLOCK_SESSION_FILE` is left exactly as it is (it may be shared, like `/tmp`).
+fn prepare_dir(p: &Path, chosen: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = dir_of(p);
+    let created = if dir.is_dir() {
+        false
+    } else {
+        if let Some(parent) = dir.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => false,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    };
+    if created || !chosen {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Write the session atomically with mode 0600 (see [`prepare_dir`] for the directory).
+///
+/// Callers that replace a session another process might be refreshing hold [`lock`].
 pub fn save(s: &SessionFile) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let p = path()?;
+    let (p, chosen) = location()?;
     if p == Path::new(NO_SESSION) {
         bail!("this process was started by `airlock exec`; it cannot keep a session");
     }
-    let dir = p.parent().context("session file path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    prepare_dir(&p, chosen)?;
+    let dir = dir_of(&p);
     let mut tmp = tempfile::Builder::new()
         .prefix(".session-")
         .permissions(std::fs::Permissions::from_mode(0o600))
@@ -137,6 +185,103 @@ pub fn save(s: &SessionFile) -> anyhow::Result<()> {
     tmp.persist(&p)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {}", p.display(), e.error))?;
     Ok(())
+}
+
+/// How long to wait for another `airlock` process to finish with the session.
+const LOCK_WAIT: Duration = Duration::from_secs(90);
+
+/// Exclusive hold of the session (an `flock` on `session.json.lock`); released on drop.
+pub struct SessionLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+fn lock_path(p: &Path) -> PathBuf {
+    let mut s: OsString = p.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// Open (creating it 0600) the lock file, refusing a symlink or another user's file.
+fn open_lock_file(lp: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(lp)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("not logged in: run `airlock login --server URL`")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot open the session lock {}", lp.display())),
+    };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", lp.display()))?;
+    if meta.uid() != nix::unistd::getuid().as_raw() {
+        bail!(
+            "refusing the session lock {}: it belongs to another user",
+            lp.display()
+        );
+    }
+    Ok(file)
+}
+
+/// Take the session lock, waiting while another `airlock` process holds it. The session's
+/// directory must exist (it does once a session was saved).
+pub async fn lock() -> anyhow::Result<SessionLock> {
+    use nix::errno::Errno;
+    use nix::fcntl::{Flock, FlockArg};
+    let p = path()?;
+    if p == Path::new(NO_SESSION) {
+        bail!("this process was started by `airlock exec` and has no session of its own; use $AIRLOCK_TOKEN");
+    }
+    let lp = lock_path(&p);
+    let mut file = open_lock_file(&lp)?;
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // Non-blocking attempts, so a waiting process never ties up a runtime thread.
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(SessionLock { _lock: lock }),
+            Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!(
+                        "another airlock process has held {} for over {}s; try again",
+                        lp.display(),
+                        LOCK_WAIT.as_secs()
+                    );
+                }
+                file = f;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err((_, e)) => bail!("cannot lock {}: {e}", lp.display()),
+        }
+    }
+}
+
+/// Save a new session in place of the stored one (`airlock login`). Under the lock, a
+/// previous session that still loads is ended server-side first, best effort, so it does
+/// not stay live unseen; then the new one is saved.
+pub async fn replace(new: &SessionFile) -> anyhow::Result<()> {
+    let (p, chosen) = location()?;
+    if p == Path::new(NO_SESSION) {
+        bail!("this process was started by `airlock exec`; it cannot keep a session");
+    }
+    prepare_dir(&p, chosen)?;
+    let held = lock().await?;
+    if p.exists()
+        && let Ok(mut old) = SessionClient::load()
+        && let Err(e) = old.end_locked(&held).await
+    {
+        eprintln!(
+            "note: could not end the previous session on {}: {e:#}",
+            old.session.server
+        );
+    }
+    save(new)
 }
 
 /// Remove the session file.
@@ -185,8 +330,31 @@ impl SessionClient {
         })
     }
 
-    /// Refresh the access token (rotating the refresh token) and save.
+    /// Make the access token usable after the server refused it: under the lock, reload
+    /// the session and use a token another process refreshed meanwhile, else refresh
+    /// (rotating the refresh token) and save.
     pub async fn refresh(&mut self) -> anyhow::Result<()> {
+        let held = lock().await?;
+        let refused = self.session.access_token.clone();
+        self.renew_locked(&held, Some(&refused)).await
+    }
+
+    /// A usable access token: under the lock, always reload the session (another process
+    /// may have rotated the refresh token), and refresh only if it is about to expire.
+    async fn bearer(&mut self) -> anyhow::Result<String> {
+        let held = lock().await?;
+        self.renew_locked(&held, None).await?;
+        Ok(self.session.access_token.clone())
+    }
+
+    /// Reload; if the stored access token is good for more than 30 s (and is not
+    /// `refused`), keep it; otherwise refresh and save. Only with the lock held.
+    async fn renew_locked(&mut self, _held: &SessionLock, refused: Option<&str>) -> anyhow::Result<()> {
+        self.session = load()?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if self.session.access_expires_at - 30 > now && refused != Some(self.session.access_token.as_str()) {
+            return Ok(());
+        }
         let r = self
             .http
             .post(format!("{}/oauth/token", self.session.server))
@@ -210,12 +378,23 @@ impl SessionClient {
         save(&self.session)
     }
 
-    async fn bearer(&mut self) -> anyhow::Result<String> {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if self.session.access_expires_at - 30 <= now {
-            self.refresh().await?;
+    /// End the stored session server-side, with the lock already held.
+    async fn end_locked(&mut self, held: &SessionLock) -> anyhow::Result<()> {
+        self.renew_locked(held, None).await?;
+        let r = self
+            .http
+            .delete(format!("{}/v1/sessions/current", self.session.server))
+            .bearer_auth(&self.session.access_token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {}", self.session.server, e.without_url()))?;
+        let status = r.status();
+        if !status.is_success() {
+            let body = r.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &body));
         }
-        Ok(self.session.access_token.clone())
+        Ok(())
     }
 
     /// Call `/v1/...` with the session; one refresh and retry on 401.
@@ -255,8 +434,28 @@ impl SessionClient {
         bail!("the session is no longer valid; run `airlock login` again")
     }
 
-    /// RFC 8693: exchange the session for an environment token.
+    /// RFC 8693: exchange the session for an environment token; when the session token is
+    /// refused, one refresh and retry.
     pub async fn exchange(
+        &mut self,
+        env: &str,
+        scopes: &[String],
+        actor: Option<&str>,
+    ) -> Result<crate::client::FetchedToken, crate::client::ClientError> {
+        let first = self.exchange_once(env, scopes, actor).await;
+        match &first {
+            Err(crate::client::ClientError::Refused { error, .. }) if error == "invalid_grant" => {}
+            _ => return first,
+        }
+        // The session access token expired in flight (or the clocks disagree), or another
+        // process ended it: refresh once (under the lock) and try again.
+        if self.refresh().await.is_err() {
+            return first;
+        }
+        self.exchange_once(env, scopes, actor).await
+    }
+
+    async fn exchange_once(
         &mut self,
         env: &str,
         scopes: &[String],

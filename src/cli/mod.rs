@@ -10,6 +10,7 @@ mod config;
 mod people;
 mod run;
 mod serve;
+mod stepup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,12 @@ pub enum Command {
     Token(people::TokenArgs),
     /// Run a command with an environment token (never your session).
     Exec(people::ExecArgs),
+    /// Confirm a fresh TOTP code for this session (needed for admin changes).
+    StepUp {
+        /// Read the code from standard input.
+        #[arg(long)]
+        code_stdin: bool,
+    },
     /// Manage your TOTP authenticator.
     #[command(subcommand)]
     Totp(people::TotpCmd),
@@ -105,6 +112,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Token(args) => people::token(args).await,
         Command::Exec(args) => people::exec(args).await,
         Command::Totp(cmd) => people::totp(cmd).await,
+        Command::StepUp { code_stdin } => stepup::step_up(*code_stdin).await,
         Command::User(cmd) => people::user(cmd).await,
         Command::Admin(cmd) => people::admin(&cli, cmd).await,
     };

@@ -71,7 +71,10 @@ pub struct ExecArgs {
 pub enum TotpCmd {
     /// Enrol an authenticator app: shows a QR code, activates after a correct code.
     Enroll {
-        /// Read the code from standard input.
+        /// Read your password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Read the code from standard input (after the password, if both).
         #[arg(long)]
         code_stdin: bool,
         /// Print the secret and URI as JSON (then read the code as usual).
@@ -176,7 +179,8 @@ pub(super) async fn login(args: &LoginArgs) -> anyhow::Result<ExitCode> {
         device_login(&http, &server).await?
     };
     let file = SessionFile::from_tokens(&server, tokens);
-    session_file::save(&file)?;
+    // Ends a previous session server-side (best effort) before saving this one.
+    session_file::replace(&file).await?;
     println!("Logged in to {server} as {}.", file.username);
     Ok(ExitCode::SUCCESS)
 }
@@ -367,10 +371,19 @@ pub(super) async fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
 pub(super) async fn totp(cmd: &TotpCmd) -> anyhow::Result<ExitCode> {
     let TotpCmd::Enroll {
         code_stdin,
+        password_stdin,
         json: json_out,
     } = cmd;
     let mut c = SessionClient::load()?;
-    let e = c.call(Method::POST, "/v1/me/totp", Some(&json!({}))).await?;
+    // The password again: a copied session alone must not be able to enrol.
+    let password = read_secret("Password: ", *password_stdin)?;
+    let e = c
+        .call(
+            Method::POST,
+            "/v1/me/totp",
+            Some(&json!({ "password": password.expose_secret() })),
+        )
+        .await?;
     let uri = e["otpauth_uri"].as_str().unwrap_or_default();
     if *json_out {
         print_json(&e);

@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/sessions", post(create_session))
         .route("/v1/sessions/current", delete(end_session))
         .route("/v1/me", get(show_me))
+        .route("/v1/me/step-up", post(step_up))
         .route("/v1/me/totp", post(begin_totp))
         .route("/v1/me/totp/activate", post(activate_totp))
         .route("/v1/users", get(list_users).post(create_user))
@@ -104,17 +105,63 @@ fn user_json(state: &AppState, u: &User) -> serde_json::Value {
 
 async fn show_me(State(state): State<AppState>, caller: Caller) -> Json<serde_json::Value> {
     let mut me = user_json(&state, &caller.0.user);
+    me["effective_roles"] = json!(people::effective_roles(&state, &caller.0));
+    me["stepped_up"] = json!(people::is_stepped_up(&state, &caller.0));
     me["session"] = json!({
         "id": caller.0.session.id,
+        "totp_verified": caller.0.session.totp_verified,
         "created_at": rfc3339(caller.0.session.created_at),
         "expires_at": rfc3339(caller.0.session.expires_at),
     });
     Json(me)
 }
 
-async fn begin_totp(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    let e = people::totp_begin(&state, &caller.0.user).await?;
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reauthenticate {
+    password: SecretString,
+}
+
+/// Enrolment needs the password again: a copied session alone must not be able to bind
+/// an authenticator of its own choosing to the account.
+async fn begin_totp(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: Caller,
+    AppJson(body): AppJson<Reauthenticate>,
+) -> Result<Response, ApiError> {
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let user = &caller.0.user;
+    if user.totp_enrolled() {
+        return Err(ApiError::Conflict(
+            "TOTP is already enrolled; an admin can reset it (airlock user reset --totp)".into(),
+        ));
+    }
+    people::sign_in(
+        &state,
+        peer,
+        &user.username,
+        body.password,
+        None,
+        "totp-enrolment",
+    )
+    .await
+    .map_err(ApiError::SignIn)?;
+    let e = people::totp_begin(&state, user).await?;
     Ok(super::tokens::no_store_json(e))
+}
+
+async fn step_up(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: Caller,
+    AppJson(body): AppJson<Code>,
+) -> Result<StatusCode, ApiError> {
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    people::step_up(&state, peer, &caller.0, &body.code)
+        .await
+        .map_err(ApiError::SignIn)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -129,6 +176,12 @@ async fn activate_totp(
     AppJson(body): AppJson<Code>,
 ) -> Result<StatusCode, ApiError> {
     people::totp_activate(&state, &caller.0.user, &body.code).await?;
+    // The person just proved the code: this session counts as signed in with TOTP.
+    state
+        .store
+        .step_up_session(caller.0.session.id, crate::domain::now())
+        .await
+        .map_err(|_| ApiError::Unavailable("the store is unavailable; retry shortly"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -161,7 +214,7 @@ async fn create_user(
     caller: Caller,
     AppJson(body): AppJson<NewUser>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    caller.require_admin(&state)?;
+    caller.require_admin_change(&state)?;
     let u = people::create_user(
         &state,
         &caller.actor(),
@@ -189,7 +242,7 @@ async fn set_user_disabled(
     username: String,
     disabled: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require_admin(&state)?;
+    caller.require_admin_change(&state)?;
     if disabled && people::normalize_username(&username).as_deref() == Some(caller.0.user.username.as_str()) {
         return Err(ApiError::Conflict("you cannot disable yourself".into()));
     }
@@ -230,7 +283,7 @@ async fn reset_user(
     Path(username): Path<String>,
     AppJson(body): AppJson<ResetUser>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require_admin(&state)?;
+    caller.require_admin_change(&state)?;
     let u = people::reset_user(
         &state,
         &caller.actor(),
@@ -285,7 +338,7 @@ async fn create_agent(
     caller: Caller,
     AppJson(body): AppJson<CreateAgent>,
 ) -> Result<Response, ApiError> {
-    caller.require_admin(&state)?;
+    caller.require_admin_change(&state)?;
     let new = NewAgent {
         name: body.name,
         environment: body.environment,
@@ -317,7 +370,7 @@ async fn disable_agent(
     caller: Caller,
     Path(reference): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    caller.require_admin(&state)?;
+    caller.require_admin_change(&state)?;
     Ok(Json(
         agents::set_disabled(state.store.as_ref(), &reference, true, &caller.actor()).await?,
     ))
@@ -328,7 +381,7 @@ async fn enable_agent(
     caller: Caller,
     Path(reference): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    caller.require_admin(&state)?;
+    caller.require_admin_change(&state)?;
     Ok(Json(
         agents::set_disabled(state.store.as_ref(), &reference, false, &caller.actor()).await?,
     ))
@@ -339,7 +392,7 @@ async fn reset_agent(
     caller: Caller,
     Path(reference): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require_admin(&state)?;
+    caller.require_admin_change(&state)?;
     let (a, secret) =
         agents::rotate_secret(state.store.as_ref(), &state.hasher, &reference, &caller.actor()).await?;
     let mut r = agent_with_secret(&a, &secret);

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// 403 with what is missing.
     #[error("{0}")]
     Forbidden(String),
+    /// 403: confirm a fresh TOTP code first.
+    #[error("step-up required")]
+    StepUpRequired,
     /// 400 with what to change.
     #[error("{0}")]
     BadRequest(String),
@@ -53,6 +56,11 @@ impl ApiError {
                 "sign in first (airlock login); your session may have ended".into(),
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
+            ApiError::StepUpRequired => (
+                StatusCode::FORBIDDEN,
+                "step_up_required",
+                "confirm a fresh TOTP code first: run `airlock step-up` (it lasts a few minutes)".into(),
+            ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.clone()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
             ApiError::SignIn(e) => {

@@ -40,18 +40,31 @@ impl Caller {
         format!("user:{}", self.0.user.username)
     }
 
-    /// Refuse unless the caller holds an effective admin role (TOTP enrolled).
+    /// Refuse unless the caller holds an admin role in effect: TOTP enrolled and this
+    /// session signed in (or stepped up) with a code.
     pub fn require_admin(&self, state: &AppState) -> Result<(), ApiError> {
-        let user = &self.0.user;
-        let roles = crate::policy::effective_roles(&state.settings, &user.roles, user.totp_enrolled());
+        let roles = people::effective_roles(state, &self.0);
         if state.settings.is_admin(&roles) {
             Ok(())
-        } else if state.settings.is_admin(&user.roles) {
+        } else if state.settings.is_admin(&self.0.user.roles) {
             Err(ApiError::Forbidden(
-                "your admin role takes effect once you enrol TOTP: airlock totp enroll".into(),
+                "your admin role needs TOTP: enrol it (airlock totp enroll), then confirm a code \
+                 for this session (airlock step-up)"
+                    .into(),
             ))
         } else {
             Err(ApiError::Forbidden("this needs an admin role".into()))
+        }
+    }
+
+    /// Admin changes: an admin role in effect and a fresh TOTP code confirmed recently
+    /// (`auth.step_up_lifetime`), so a copied session alone cannot change who may do what.
+    pub fn require_admin_change(&self, state: &AppState) -> Result<(), ApiError> {
+        self.require_admin(state)?;
+        if people::is_stepped_up(state, &self.0) {
+            Ok(())
+        } else {
+            Err(ApiError::StepUpRequired)
         }
     }
 }

@@ -379,7 +379,16 @@ async fn activate_totp(State(state): State<AppState>, headers: HeaderMap, body: 
         return already_enrolled_page(&nav);
     }
     let code = form.get("code").unwrap_or_default();
-    match people::totp_activate(&state, &auth.user, code).await {
+    let activated = match people::totp_activate(&state, &auth.user, code).await {
+        // The person just proved the code: this browser session counts as TOTP-verified.
+        Ok(()) => state
+            .store
+            .step_up_session(auth.session.id, crate::domain::now())
+            .await
+            .map_err(|_| ManageError::Unavailable),
+        Err(e) => Err(e),
+    };
+    match activated {
         Ok(()) => message_page(
             StatusCode::OK,
             "Authenticator app set up",

@@ -271,11 +271,9 @@ pub fn human_scopes(
         if !settings.env_offers_scope(env, scope) {
             return Err(HumanRefusal::Unknown(scope.clone()));
         }
-        if !allowed.contains(&scope) {
-            return Err(HumanRefusal::NotInRole(scope.clone()));
-        }
     }
-    // SECURITY: invariants 3 and 5. Until escalations exist, this is the whole answer.
+    // SECURITY: invariants 3 and 5, before the role check, so the answer to a prod-tier
+    // environment or a destructive scope is always "needs an escalation".
     let destructive: Vec<String> = wanted
         .iter()
         .filter(|s| settings.scopes[s.as_str()].destructive)
@@ -286,6 +284,11 @@ pub fn human_scopes(
     }
     if !destructive.is_empty() {
         return Err(HumanRefusal::NeedsEscalation(destructive));
+    }
+    for scope in &wanted {
+        if !allowed.contains(&scope) {
+            return Err(HumanRefusal::NotInRole(scope.clone()));
+        }
     }
     Ok(wanted)
 }
@@ -411,6 +414,10 @@ mod tests {
         let prod = &s.environments["prod"];
         let r = human_scopes(&s, prod, "prod", &dev, Some("db:read")).unwrap_err();
         assert!(r.is_access_denied() && r.description("prod").contains("airlock escalate"));
+        // Even a destructive scope the role does not list answers "needs an escalation".
+        let r = human_scopes(&s, &s.environments["dev"], "dev", &dev, Some("db:drop")).unwrap_err();
+        assert_eq!(r, HumanRefusal::NeedsEscalation(vec!["db:drop".into()]));
+        assert!(r.is_access_denied());
         let mut s2 = s.clone();
         s2.roles
             .get_mut("developer")

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::domain::{Agent, AuditRecord, KeySet, KeyStatus, NewAuditEvent, StoredKey};
 
-pub use people::{PeopleStore, RefreshOutcome, UserChange};
+pub use people::{PeopleStore, RefreshOutcome, ThrottleRule, UserChange};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::StoreResult;
-use crate::domain::{DeviceCode, NewAuditEvent, Session, Throttle, User};
+use crate::domain::{Attempt, DeviceCode, NewAuditEvent, Session, User};
 
 /// Audited changes to a person.
 #[derive(Debug, Clone)]
@@ -31,6 +31,21 @@ pub enum UserChange {
     },
     /// Remove TOTP entirely (admin reset).
     TotpReset,
+}
+
+/// Parameters of one atomic throttle step (all times in Unix microseconds).
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottleRule {
+    /// Now.
+    pub at_us: i64,
+    /// Windows that started before this are over.
+    pub window_start_cutoff_us: i64,
+    /// Attempts allowed before delays start.
+    pub free: i64,
+    /// First delay.
+    pub base_delay_us: i64,
+    /// Longest delay.
+    pub max_delay_us: i64,
 }
 
 /// Result of presenting a refresh token.
@@ -106,6 +121,7 @@ pub trait PeopleStore: Send + Sync {
         id: Uuid,
         user_id: Uuid,
         approve: bool,
+        totp_verified: bool,
         at: OffsetDateTime,
         event: NewAuditEvent,
     ) -> StoreResult<()>;
@@ -118,12 +134,18 @@ pub trait PeopleStore: Send + Sync {
         event: NewAuditEvent,
     ) -> StoreResult<()>;
 
-    /// Throttle records for these keys (missing keys are absent).
-    async fn throttles(&self, keys: &[String]) -> StoreResult<Vec<Throttle>>;
-    /// Record one failure against `key`; `blocked_until` is computed by the caller.
-    async fn throttle_failure(&self, throttle: &Throttle) -> StoreResult<()>;
-    /// Forget failures of `key`.
-    async fn throttle_reset(&self, key: &str) -> StoreResult<()>;
+    /// Mark a session as confirmed with a fresh TOTP code now.
+    async fn step_up_session(&self, id: Uuid, at: OffsetDateTime) -> StoreResult<()>;
+
+    /// Count one sign-in attempt against `key`, atomically, and block the key if this
+    /// attempt goes over the limit (see `people::sign_in`). Attempts older than
+    /// `window_start_cutoff_us` start a new window.
+    async fn throttle_attempt(&self, key: &str, rule: &ThrottleRule) -> StoreResult<Attempt>;
+    /// Forget `key` (after a successful sign-in).
+    async fn throttle_release(&self, key: &str) -> StoreResult<()>;
+    /// Take back one attempt (a success from a shared address); a key back within its
+    /// `free` allowance is unblocked.
+    async fn throttle_undo(&self, key: &str, free: i64) -> StoreResult<()>;
 }
 
 #[derive(sqlx::FromRow)]
@@ -170,6 +192,8 @@ pub(super) struct SessionRow {
     expires_at: OffsetDateTime,
     revoked_at: Option<OffsetDateTime>,
     revoked_reason: Option<String>,
+    totp_verified: bool,
+    stepped_up_at: Option<OffsetDateTime>,
 }
 
 impl TryFrom<SessionRow> for Session {
@@ -189,6 +213,8 @@ impl TryFrom<SessionRow> for Session {
             expires_at: r.expires_at,
             revoked_at: r.revoked_at,
             revoked_reason: r.revoked_reason,
+            totp_verified: r.totp_verified,
+            stepped_up_at: r.stepped_up_at,
         })
     }
 }
@@ -205,6 +231,8 @@ pub(super) struct DeviceRow {
     expires_at: OffsetDateTime,
     last_polled_at: Option<OffsetDateTime>,
     user_id: Option<Uuid>,
+    totp_verified: bool,
+    client_address: Option<String>,
 }
 
 impl TryFrom<DeviceRow> for DeviceCode {
@@ -222,35 +250,18 @@ impl TryFrom<DeviceRow> for DeviceCode {
             expires_at: r.expires_at,
             last_polled_at: r.last_polled_at,
             user_id: r.user_id,
+            totp_verified: r.totp_verified,
+            client_address: r.client_address,
         })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct ThrottleRow {
-    key: String,
-    failures: i64,
-    blocked_until: Option<OffsetDateTime>,
-    updated_at: OffsetDateTime,
-}
-
-impl From<ThrottleRow> for Throttle {
-    fn from(r: ThrottleRow) -> Throttle {
-        Throttle {
-            key: r.key,
-            failures: r.failures,
-            blocked_until: r.blocked_until,
-            updated_at: r.updated_at,
-        }
     }
 }
 
 pub(super) const USER_COLUMNS: &str = "id, username, password_hash, roles, totp_sealed, totp_pending_sealed, \
      totp_last_step, disabled, created_at, updated_at";
-pub(super) const SESSION_COLUMNS: &str =
-    "id, user_id, kind, secret_hash, created_at, last_used_at, expires_at, revoked_at, revoked_reason";
+pub(super) const SESSION_COLUMNS: &str = "id, user_id, kind, secret_hash, created_at, last_used_at, \
+     expires_at, revoked_at, revoked_reason, totp_verified, stepped_up_at";
 pub(super) const DEVICE_COLUMNS: &str = "id, device_code_hash, user_code, client_id, status, interval_secs, \
-     created_at, expires_at, last_polled_at, user_id";
+     created_at, expires_at, last_polled_at, user_id, totp_verified, client_address";
 
 /// Expand [`PeopleStore`] for a backend (same contract as `impl_sql_store!`, whose
 /// `append_in_tx` it uses).
@@ -288,8 +299,8 @@ macro_rules! impl_people_store {
         ) -> $crate::store::StoreResult<()> {
             use $crate::store::sql::map_err;
             sqlx::query(
-                "insert into sessions (id, user_id, kind, secret_hash, created_at, last_used_at, expires_at) \
-                 values ($1, $2, $3, $4, $5, $6, $7)",
+                "insert into sessions (id, user_id, kind, secret_hash, created_at, last_used_at, expires_at, \
+                 totp_verified, stepped_up_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(s.id)
             .bind(s.user_id)
@@ -298,6 +309,8 @@ macro_rules! impl_people_store {
             .bind(s.created_at)
             .bind(s.last_used_at)
             .bind(s.expires_at)
+            .bind(s.totp_verified)
+            .bind(s.stepped_up_at)
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
@@ -669,7 +682,7 @@ macro_rules! impl_people_store {
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
                 sqlx::query(
                     "insert into device_codes (id, device_code_hash, user_code, client_id, status, interval_secs, \
-                     created_at, expires_at) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     created_at, expires_at, client_address) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(code.id)
                 .bind(&code.device_code_hash)
@@ -679,6 +692,7 @@ macro_rules! impl_people_store {
                 .bind(code.interval_secs)
                 .bind(code.created_at)
                 .bind(code.expires_at)
+                .bind(&code.client_address)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
@@ -737,17 +751,19 @@ macro_rules! impl_people_store {
                 id: uuid::Uuid,
                 user_id: uuid::Uuid,
                 approve: bool,
+                totp_verified: bool,
                 at: time::OffsetDateTime,
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
                 let done = sqlx::query(
-                    "update device_codes set status = $1, user_id = $2 \
-                     where id = $3 and status = 'pending' and expires_at > $4",
+                    "update device_codes set status = $1, user_id = $2, totp_verified = $3 \
+                     where id = $4 and status = 'pending' and expires_at > $5",
                 )
                 .bind(if approve { "approved" } else { "denied" })
                 .bind(user_id)
+                .bind(totp_verified)
                 .bind(id)
                 .bind(at)
                 .execute(&mut *tx)
@@ -789,43 +805,77 @@ macro_rules! impl_people_store {
                 tx.commit().await.map_err(map_err)
             }
 
-            async fn throttles(
+            async fn step_up_session(
                 &self,
-                keys: &[String],
-            ) -> $crate::store::StoreResult<Vec<$crate::domain::Throttle>> {
-                let mut out = Vec::new();
-                for key in keys {
-                    let row: Option<$crate::store::people::ThrottleRow> = sqlx::query_as(
-                        "select key, failures, blocked_until, updated_at from login_throttle where key = $1",
-                    )
-                    .bind(key)
-                    .fetch_optional(&self.pool)
+                id: uuid::Uuid,
+                at: time::OffsetDateTime,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query("update sessions set stepped_up_at = $1, totp_verified = true where id = $2")
+                    .bind(at)
+                    .bind(id)
+                    .execute(&self.pool)
                     .await
-                    .map_err($crate::store::sql::map_err)?;
-                    out.extend(row.map(Into::into));
-                }
-                Ok(out)
+                    .map(|_| ())
+                    .map_err($crate::store::sql::map_err)
             }
 
-            async fn throttle_failure(&self, t: &$crate::domain::Throttle) -> $crate::store::StoreResult<()> {
-                sqlx::query(
-                    "insert into login_throttle (key, failures, blocked_until, updated_at) values ($1, $2, $3, $4) \
-                     on conflict (key) do update set failures = excluded.failures, \
-                     blocked_until = excluded.blocked_until, updated_at = excluded.updated_at",
+            async fn throttle_attempt(
+                &self,
+                key: &str,
+                rule: &$crate::store::people::ThrottleRule,
+            ) -> $crate::store::StoreResult<$crate::domain::Attempt> {
+                // One statement, so the row lock makes concurrent attempts count one by
+                // one. n = this attempt's number in the window. If the key is blocked, it
+                // stays blocked; otherwise an attempt over the limit is let through and
+                // blocks the key for base * 2^(n - free - 1), capped.
+                let (attempts, blocked_until_us): (i64, i64) = sqlx::query_as(
+                    "insert into login_attempts (key, attempts, window_start_us, blocked_until_us) \
+                     values ($1, 1, $2, case when 1 > $4 then $2 + $5 else 0 end) \
+                     on conflict (key) do update set \
+                       attempts = case when login_attempts.window_start_us < $3 then 1 \
+                                  else login_attempts.attempts + 1 end, \
+                       window_start_us = case when login_attempts.window_start_us < $3 then $2 \
+                                  else login_attempts.window_start_us end, \
+                       blocked_until_us = case \
+                         when login_attempts.window_start_us >= $3 and login_attempts.blocked_until_us > $2 \
+                           then login_attempts.blocked_until_us \
+                         when (case when login_attempts.window_start_us < $3 then 1 \
+                               else login_attempts.attempts + 1 end) > $4 \
+                           then $2 + (case when login_attempts.attempts - $4 >= 30 then $6 \
+                                 when ($5 << cast(login_attempts.attempts - $4 as integer)) > $6 then $6 \
+                                 else ($5 << cast(login_attempts.attempts - $4 as integer)) end) \
+                         else 0 end \
+                     returning attempts, blocked_until_us",
                 )
-                .bind(&t.key)
-                .bind(t.failures)
-                .bind(t.blocked_until)
-                .bind(t.updated_at)
-                .execute(&self.pool)
+                .bind(key)
+                .bind(rule.at_us)
+                .bind(rule.window_start_cutoff_us)
+                .bind(rule.free)
+                .bind(rule.base_delay_us)
+                .bind(rule.max_delay_us)
+                .fetch_one(&self.pool)
                 .await
-                .map(|_| ())
-                .map_err($crate::store::sql::map_err)
+                .map_err($crate::store::sql::map_err)?;
+                Ok($crate::domain::Attempt { attempts, blocked_until_us })
             }
 
-            async fn throttle_reset(&self, key: &str) -> $crate::store::StoreResult<()> {
-                sqlx::query("delete from login_throttle where key = $1")
+            async fn throttle_release(&self, key: &str) -> $crate::store::StoreResult<()> {
+                sqlx::query("delete from login_attempts where key = $1")
                     .bind(key)
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err($crate::store::sql::map_err)
+            }
+
+            async fn throttle_undo(&self, key: &str, free: i64) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "update login_attempts set attempts = attempts - 1, \
+                     blocked_until_us = case when attempts - 1 <= $2 then 0 else blocked_until_us end \
+                     where key = $1 and attempts > 0",
+                )
+                .bind(key)
+                .bind(free)
                     .execute(&self.pool)
                     .await
                     .map(|_| ())

@@ -9,4 +9,6 @@ mod hardening;
 mod harness;
 mod people;
 mod people_cli;
+mod session_cli;
+mod stepup;
 mod tokens;

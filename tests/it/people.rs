@@ -37,8 +37,9 @@ async fn person(app: &TestApp, username: &str, roles: &[&str]) -> User {
     .expect("person created")
 }
 
-/// Enrol TOTP through the library, consuming the current time step; returns the secret
-/// and that step. Its successor's code is the next one accepted (the server allows ±1).
+/// Enrol TOTP through the library with the previous time step's code (accepted: the
+/// server allows ±1); returns the secret and that step. Steps must increase, so the
+/// current step and the next one stay available for a sign-in and a step-up.
 async fn enrol_totp(app: &TestApp, user: &User) -> (Vec<u8>, i64) {
     let enrolment = people::totp_begin(&app.state, user)
         .await
@@ -47,7 +48,7 @@ async fn enrol_totp(app: &TestApp, user: &User) -> (Vec<u8>, i64) {
         .decode(enrolment.secret.as_bytes())
         .expect("base32 secret");
     let pending = people::find_user(&app.state, &user.username).await.unwrap();
-    let step = airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp());
+    let step = airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp()) - 1;
     people::totp_activate(&app.state, &pending, &airlock::totp::code_at(&secret, step))
         .await
         .expect("enrolment activates");
@@ -97,9 +98,19 @@ async fn session(app: &TestApp, username: &str, code: Option<&str>) -> Value {
 async fn admin_session(app: &TestApp) -> String {
     let root = person(app, "root", &["admin"]).await;
     let (secret, step) = enrol_totp(app, &root).await;
-    // The activation used this step; the next one is still accepted (±1).
+    // The activation used this step; the next two are still accepted (±1 around now).
     let s = session(app, "root", Some(&totp_at(&secret, step + 1))).await;
-    s["access_token"].as_str().unwrap().to_string()
+    let token = s["access_token"].as_str().unwrap().to_string();
+    // Admin changes need a recent step-up with a fresh code.
+    let resp = post_json(
+        app,
+        "/v1/me/step-up",
+        &token,
+        json!({ "code": totp_at(&secret, step + 2) }),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "step-up");
+    token
 }
 
 fn token_of(session: &Value) -> &str {
@@ -991,7 +1002,13 @@ async fn an_admin_role_takes_effect_only_with_totp(backend: Backend) {
     assert_eq!(me["effective_roles"], json!([]));
 
     // Enrol over HTTP: a secret, then a correct code.
-    let resp = post_json(&app, "/v1/me/totp", token_of(&root), json!({})).await;
+    let resp = post_json(
+        &app,
+        "/v1/me/totp",
+        token_of(&root),
+        json!({ "password": PASSWORD }),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let enrolment: Value = resp.json().await.unwrap();
@@ -1029,7 +1046,13 @@ async fn an_admin_role_takes_effect_only_with_totp(backend: Backend) {
     assert_eq!(me["effective_roles"], json!(["admin"]));
     assert_eq!(me["totp_enrolled"], true);
     // Enrolling again is a conflict.
-    let resp = post_json(&app, "/v1/me/totp", token_of(&root), json!({})).await;
+    let resp = post_json(
+        &app,
+        "/v1/me/totp",
+        token_of(&root),
+        json!({ "password": PASSWORD }),
+    )
+    .await;
     assert_api_error(resp, StatusCode::CONFLICT, "conflict").await;
 
     // A developer is no admin.
@@ -1337,7 +1360,11 @@ async fn poll(app: &TestApp, device_code: &str) -> reqwest::Response {
 }
 
 async fn approver_of(app: &TestApp, user: &User) -> people::Authenticated {
-    let (_, cookie) = people::start_web_session(&app.state, user)
+    let signed_in = people::SignedIn {
+        user: user.clone(),
+        totp_verified: false,
+    };
+    let (_, cookie) = people::start_web_session(&app.state, &signed_in)
         .await
         .expect("web session");
     people::authenticate_web(&app.state, &cookie)
