@@ -122,7 +122,7 @@ async fn show_device(
         return enter_code_page(&nav, StatusCode::OK, None, "");
     };
     match people::pending_device(&state, &typed).await {
-        Ok(code) => confirm_page(&nav, &code.user_code),
+        Ok(code) => confirm_page(&nav, &code),
         Err(DeviceError::Unknown) => {
             enter_code_page(&nav, StatusCode::BAD_REQUEST, Some(UNKNOWN_CODE), &typed)
         }
@@ -534,10 +534,20 @@ fn enter_code_page(nav: &Nav, status: StatusCode, message: Option<&str>, typed: 
     html(status, "Approve a sign-in", Some(nav), &body)
 }
 
-fn confirm_page(nav: &Nav, user_code: &str) -> Response {
+fn confirm_page(nav: &Nav, request: &crate::domain::DeviceCode) -> Response {
+    let user_code = request.user_code.as_str();
+    // RFC 8628 section 5.4: give the person what they need to judge the request.
+    let age = (crate::domain::now() - request.created_at).whole_seconds().max(0);
+    let when = if age < 120 {
+        format!("{age} seconds ago")
+    } else {
+        format!("{} minutes ago", age / 60)
+    };
+    let from = request.client_address.as_deref().unwrap_or("an unknown address");
     let body = format!(
         r#"<p id="request">A terminal is asking to sign in as <strong>{user}</strong>.</p>
 <p>Code: <span class="code" id="user-code">{code}</span></p>
+<p id="origin">Requested {when} from <strong>{from}</strong>.</p>
 <p>Only approve if this is the code your terminal shows. If you did not just run
 <code>airlock login</code>, deny.</p>
 <form method="post" action="device" class="decide" id="decide">
@@ -550,6 +560,8 @@ fn confirm_page(nav: &Nav, user_code: &str) -> Response {
         user = escape(&nav.username),
         code = escape(user_code),
         csrf = escape(&nav.csrf),
+        when = escape(&when),
+        from = escape(from),
     );
     html(StatusCode::OK, "Approve a sign-in", Some(nav), &body)
 }

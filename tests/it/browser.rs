@@ -367,6 +367,12 @@ async fn the_device_flow_signs_in_with_password_and_totp_in_a_real_browser(backe
     let request = text_of(c, "#request").await;
     assert_eq!(request, "A terminal is asking to sign in as alice.");
     assert_eq!(text_of(c, "#user-code").await, user_code);
+    // Where and when the request came from (RFC 8628 section 5.4).
+    let origin = text_of(c, "#origin").await;
+    assert!(
+        origin.starts_with("Requested ") && origin.contains("from 127.0.0.1"),
+        "{origin}"
+    );
     maybe_screenshot(c, &format!("device-approval-{backend:?}").to_lowercase()).await;
     click(c, "#approve").await;
     let result = wait_for_text(c, "#result", "Approved").await;
