@@ -35,6 +35,8 @@ pub struct AppState {
     pub passwords: Arc<crate::password::Passwords>,
     /// Seals TOTP secrets.
     pub master: Arc<MasterKey>,
+    /// Sign-in keys the store has blocked, remembered until their block ends.
+    pub blocks: Arc<crate::people::BlockCache>,
 }
 
 /// Connection options from settings.
@@ -100,6 +102,7 @@ pub async fn open_state(settings: Settings, migrate: bool) -> anyhow::Result<App
     Ok(AppState {
         refusals: crate::refusals::RefusalLimiter::start(store.clone()),
         passwords: Arc::new(passwords),
+        blocks: Arc::new(crate::people::BlockCache::default()),
         store,
         keys: Arc::new(keys),
         hasher: Arc::new(master.secret_hasher()),

@@ -113,6 +113,48 @@ fn throttle_keys(state: &AppState, username: &str, peer: Option<IpAddr>) -> Vec<
     keys
 }
 
+/// Keys the store has blocked, remembered in this process until their block ends, so a
+/// flood of attempts on a blocked account or address is refused without touching the
+/// store (on SQLite those writes would queue behind the single writer with token
+/// issuance). The store stays the authority: this can only refuse earlier, never allow.
+#[derive(Default)]
+pub struct BlockCache {
+    until_us: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+impl BlockCache {
+    const MAX_KEYS: usize = 10_000;
+
+    fn wait_us(&self, keys: &[String], at_us: i64) -> i64 {
+        let Ok(map) = self.until_us.lock() else { return 0 };
+        keys.iter()
+            .filter_map(|k| map.get(k))
+            .map(|until| until - at_us)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn remember(&self, key: &str, until_us: i64, at_us: i64) {
+        if let Ok(mut map) = self.until_us.lock() {
+            if map.len() >= Self::MAX_KEYS {
+                map.retain(|_, until| *until > at_us);
+                if map.len() >= Self::MAX_KEYS {
+                    map.clear();
+                }
+            }
+            map.insert(key.to_string(), until_us);
+        }
+    }
+
+    fn forget(&self, keys: &[String]) {
+        if let Ok(mut map) = self.until_us.lock() {
+            for k in keys {
+                map.remove(k);
+            }
+        }
+    }
+}
+
 /// How long a key is blocked after its `attempts`-th attempt.
 pub fn throttle_delay(attempts: i64, free: u32, max: Duration) -> Option<Duration> {
     let over = attempts - i64::from(free);
@@ -139,6 +181,12 @@ async fn count_attempt(state: &AppState, keys: &[String]) -> Result<(), SignInEr
         base_delay_us: 1_000_000,
         max_delay_us: auth.throttle_max_delay.as_micros() as i64,
     };
+    let known = state.blocks.wait_us(keys, at_us);
+    if known > 0 {
+        return Err(SignInError::Throttled(
+            ((known + 999_999) / 1_000_000).max(1) as u64
+        ));
+    }
     let mut wait_us = 0i64;
     for key in keys {
         let a = state
@@ -152,6 +200,9 @@ async fn count_attempt(state: &AppState, keys: &[String]) -> Result<(), SignInEr
             .is_some_and(|d| a.blocked_until_us == at_us + d.as_micros() as i64);
         if !within_allowance && !let_through {
             wait_us = wait_us.max(a.blocked_until_us - at_us);
+        }
+        if a.blocked_until_us > at_us {
+            state.blocks.remember(key, a.blocked_until_us, at_us);
         }
     }
     if wait_us > 0 {
@@ -262,6 +313,7 @@ pub async fn sign_in(
         .throttle_release(&keys[0])
         .await
         .map_err(unavailable)?;
+    state.blocks.forget(&keys);
     if let Some(ip_key) = keys.get(1) {
         state
             .store
@@ -560,6 +612,7 @@ pub async fn step_up(
         .throttle_release(&keys[0])
         .await
         .map_err(unavailable)?;
+    state.blocks.forget(&keys);
     if let Some(ip_key) = keys.get(1) {
         state
             .store
