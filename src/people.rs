@@ -155,6 +155,21 @@ impl BlockCache {
     }
 }
 
+/// Seconds an address must wait before its next sign-in attempt, if the store has
+/// already blocked it (checked before a request body is even parsed).
+pub fn address_blocked_for(state: &AppState, peer: Option<IpAddr>) -> Option<u64> {
+    let ip = peer?;
+    let at_us = (now().unix_timestamp_nanos() / 1000) as i64;
+    let wait = state.blocks.wait_us(&[format!("ip:{ip}")], at_us);
+    (wait > 0).then(|| ((wait + 999_999) / 1_000_000).max(1) as u64)
+}
+
+/// Audit a sign-in refused early because its address is blocked (within the
+/// per-address budget of anonymous refusals, then summarised).
+pub async fn audit_throttled(state: &AppState, peer: Option<IpAddr>, via: &str) -> Result<(), SignInError> {
+    audit_sign_in_failure(state, peer, None, "throttled", via).await
+}
+
 /// How long a key is blocked after its `attempts`-th attempt.
 pub fn throttle_delay(attempts: i64, free: u32, max: Duration) -> Option<Duration> {
     let over = attempts - i64::from(free);

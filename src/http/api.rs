@@ -61,9 +61,19 @@ struct SignIn {
 async fn create_session(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    AppJson(body): AppJson<SignIn>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    // A flooding address the store has blocked is answered before any parsing or hashing.
+    if let Some(secs) = people::address_blocked_for(&state, peer) {
+        people::audit_throttled(&state, peer, "password")
+            .await
+            .map_err(ApiError::SignIn)?;
+        return Err(ApiError::SignIn(people::SignInError::Throttled(secs)));
+    }
+    let body: SignIn = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::BadRequest("the JSON fields do not match this endpoint (see /v1/openapi.json)".into())
+    })?;
     let user = people::sign_in(
         &state,
         peer,
