@@ -37,6 +37,10 @@ pub struct AppState {
     pub master: Arc<MasterKey>,
     /// Sign-in keys the store has blocked, remembered until their block ends.
     pub blocks: Arc<crate::people::BlockCache>,
+    /// Webhook deliveries.
+    pub notifier: Arc<crate::notify::Notifier>,
+    /// Wakes requests waiting on an escalation in this process when one changes.
+    pub changes: Arc<tokio::sync::Notify>,
 }
 
 /// Connection options from settings.
@@ -99,7 +103,11 @@ pub async fn open_state(settings: Settings, migrate: bool) -> anyhow::Result<App
         settings.auth.password_queue_timeout,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let notifier = crate::notify::Notifier::spawn(&settings, store.clone())
+        .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
     Ok(AppState {
+        notifier,
+        changes: crate::escalations::changes(),
         refusals: crate::refusals::RefusalLimiter::start(store.clone()),
         passwords: Arc::new(passwords),
         blocks: Arc::new(crate::people::BlockCache::default()),
@@ -148,6 +156,9 @@ impl App {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let App { listener, state } = self;
         let store = state.store.clone();
+        let notifier = state.notifier.clone();
+        // Expire requests and record ended grants even when nobody calls the API.
+        let sweeper = crate::escalations::spawn_sweeper(state.clone());
         let router = crate::http::router(state);
         axum::serve(
             listener,
@@ -156,6 +167,8 @@ impl App {
         .with_graceful_shutdown(shutdown)
         .await
         .context("server error")?;
+        sweeper.abort();
+        notifier.drain(std::time::Duration::from_secs(5)).await;
         store.close().await;
         Ok(())
     }

@@ -46,6 +46,7 @@ const CONFIG_KEYS: &[&str] = &[
     "environments",
     "roles",
     "auth",
+    "webhooks",
 ];
 
 /// `AIRLOCK_*` variables that are not configuration: they belong to the CLI, the agent
@@ -132,6 +133,9 @@ pub struct Settings {
     pub roles: BTreeMap<String, RoleSettings>,
     /// Sign-in, sessions, TOTP and throttling.
     pub auth: AuthSettings,
+    /// Webhooks told about escalations and grants, by name (`[webhooks.NAME]`).
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, WebhookSettings>,
 }
 
 /// What holders of a role may do.
@@ -244,13 +248,15 @@ pub struct EnvironmentSettings {
     /// Scopes of the catalogue offered here; absent means all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
-    /// Escalation policy.
+    /// Escalation policy (every field has a default; see [`ApprovalSettings::default`]).
+    #[serde(default)]
     pub approval: ApprovalSettings,
 }
 
-/// Escalation policy of one environment.
+/// Escalation policy of one environment. Missing keys take their defaults: quorum 1,
+/// approver role `approver`, pending for 1h, grants of at most 1h, no auto-approval.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ApprovalSettings {
     /// Distinct approvers needed; at least 1.
     pub quorum: u32,
@@ -264,6 +270,225 @@ pub struct ApprovalSettings {
     pub max_grant_duration: Duration,
     /// Approve non-destructive requests without a human (nonprod only).
     pub auto_approve: bool,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            quorum: 1,
+            approver_role: "approver".into(),
+            pending_timeout: Duration::from_secs(3600),
+            max_grant_duration: Duration::from_secs(3600),
+            auto_approve: false,
+        }
+    }
+}
+
+/// Events a webhook can subscribe to (the default is all of them).
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "escalation.created",
+    "escalation.decided",
+    "escalation.expired",
+    "grant.revoked",
+];
+
+/// Shortest webhook signing secret accepted, in bytes.
+pub const WEBHOOK_SECRET_MIN_BYTES: usize = 16;
+
+/// Most delivery attempts a webhook may configure.
+pub const WEBHOOK_MAX_ATTEMPTS_CEILING: u32 = 10;
+
+/// Longest per-attempt timeout a webhook may configure.
+pub const WEBHOOK_TIMEOUT_CEILING: Duration = Duration::from_secs(60);
+
+/// Longest wait between two delivery attempts (and the ceiling of `retry_base`).
+pub const WEBHOOK_BACKOFF_CEILING: Duration = Duration::from_secs(300);
+
+/// One webhook: where escalation and grant notifications are POSTed, signed with a secret.
+///
+/// SECURITY: the URL may itself be a credential (Slack incoming-webhook URLs are), so
+/// `Debug`, the redacted dumps and validation messages show only its scheme and host;
+/// the secret is never serialised or printed.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Where to POST (http or https; plain http only to loopback in production mode).
+    pub url: String,
+    /// HMAC-SHA256 key for `X-Airlock-Signature`, at least 16 bytes. Exactly one of
+    /// `secret` and `secret_file` is required.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<SecretString>,
+    /// File holding the secret (surrounding whitespace is trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Events sent to this webhook; see [`WEBHOOK_EVENTS`].
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<String>,
+    /// Deadline of one attempt.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per notification, 1 to 10.
+    #[serde(default = "default_webhook_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles on each further one, up to 5 minutes.
+    #[serde(default = "default_webhook_retry_base", with = "humantime_serde")]
+    pub retry_base: Duration,
+}
+
+fn default_webhook_events() -> Vec<String> {
+    WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect()
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_webhook_max_attempts() -> u32 {
+    5
+}
+
+fn default_webhook_retry_base() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl WebhookSettings {
+    /// A webhook to `url` signed with `secret`, with the default events and timings.
+    pub fn new(url: impl Into<String>, secret: SecretString) -> WebhookSettings {
+        WebhookSettings {
+            url: url.into(),
+            secret: Some(secret),
+            secret_file: None,
+            events: default_webhook_events(),
+            timeout: default_webhook_timeout(),
+            max_attempts: default_webhook_max_attempts(),
+            retry_base: default_webhook_retry_base(),
+        }
+    }
+
+    /// The signing secret: inline, or read from `secret_file` (trimmed).
+    pub fn signing_secret(&self) -> Result<SecretString, ConfigError> {
+        match (&self.secret, &self.secret_file) {
+            (Some(s), None) => Ok(s.clone()),
+            (None, Some(path)) => read_secret_file(path, "secret_file").map(SecretString::from),
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(vec![
+                "set either secret or secret_file, not both".into(),
+            ])),
+            (None, None) => Err(ConfigError::Invalid(vec![
+                "a secret is required: set secret or secret_file (e.g. `openssl rand -hex 32`)".into(),
+            ])),
+        }
+    }
+
+    /// Whether this webhook wants `event`.
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.iter().any(|e| e == event)
+    }
+
+    /// The URL for display: scheme, host and port only.
+    pub fn redacted_url(&self) -> String {
+        redact_webhook_url(&self.url)
+    }
+
+    /// Problems of this webhook, each prefixed with `at` (`webhooks.NAME`).
+    fn problems(&self, at: &str, mode: Mode) -> Vec<String> {
+        let mut problems = Vec::new();
+        match url::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                if mode == Mode::Production && u.scheme() == "http" && !is_loopback(&u) {
+                    problems.push(format!(
+                        "{at}.url {} must use https when mode = \"production\" (plain http only to a loopback address)",
+                        self.redacted_url()
+                    ));
+                }
+                if !u.username().is_empty() || u.password().is_some() {
+                    problems.push(format!(
+                        "{at}.url must not carry a user name or password; the signature authenticates Airlock"
+                    ));
+                }
+            }
+            // SECURITY: never echo the URL; its path may be a credential.
+            _ => problems.push(format!(
+                "{at}.url is not an http(s) URL with a host, e.g. https://hooks.example.com/airlock"
+            )),
+        }
+        match self.signing_secret() {
+            Ok(secret) if secret.expose_secret().len() < WEBHOOK_SECRET_MIN_BYTES => problems.push(format!(
+                "{at}.secret is shorter than {WEBHOOK_SECRET_MIN_BYTES} bytes; generate one with `openssl rand -hex 32`"
+            )),
+            Ok(_) => {}
+            Err(ConfigError::Invalid(p)) => problems.extend(p.into_iter().map(|m| format!("{at}: {m}"))),
+            Err(ConfigError::Load(m)) => problems.push(format!("{at}: {m}")),
+        }
+        if self.events.is_empty() {
+            problems.push(format!(
+                "{at}.events is empty; list some of {WEBHOOK_EVENTS:?} or remove the webhook"
+            ));
+        }
+        for event in &self.events {
+            if !WEBHOOK_EVENTS.contains(&event.as_str()) {
+                problems.push(format!(
+                    "{at}.events names unknown event {event:?}; known events are {WEBHOOK_EVENTS:?}"
+                ));
+            }
+        }
+        if self.timeout.is_zero() || self.timeout > WEBHOOK_TIMEOUT_CEILING {
+            problems.push(format!("{at}.timeout must be between 1ms and 60s"));
+        }
+        if !(1..=WEBHOOK_MAX_ATTEMPTS_CEILING).contains(&self.max_attempts) {
+            problems.push(format!(
+                "{at}.max_attempts is {}; it must be between 1 and {WEBHOOK_MAX_ATTEMPTS_CEILING}",
+                self.max_attempts
+            ));
+        }
+        if self.retry_base.is_zero() || self.retry_base > WEBHOOK_BACKOFF_CEILING {
+            problems.push(format!("{at}.retry_base must be between 1ms and 5m"));
+        }
+        problems
+    }
+}
+
+impl fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &self.redacted_url())
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("secret_file", &self.secret_file)
+            .field("events", &self.events)
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base", &self.retry_base)
+            .finish()
+    }
+}
+
+/// A webhook URL for display: `scheme://host[:port]/…`, never its user info, path or
+/// query (a Slack webhook URL's path is its credential).
+///
+/// ```
+/// use airlock::config::redact_webhook_url;
+/// assert_eq!(
+///     redact_webhook_url("https://hooks.slack.com/services/T0/B0/s3cr3t"),
+///     "https://hooks.slack.com/…"
+/// );
+/// ```
+pub fn redact_webhook_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}/…", u.scheme()),
+            (Some(host), None) => format!("{}://{host}/…", u.scheme()),
+            (None, _) => "[redacted]".into(),
+        },
+        Err(_) => "[redacted]".into(),
+    }
+}
+
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// A configuration that cannot be used, with every problem found.
@@ -286,6 +511,7 @@ impl fmt::Debug for Settings {
             .field("database_url", &redact_url(&self.database_url))
             .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
             .field("environments", &self.environments.keys())
+            .field("webhooks", &self.webhooks)
             .finish_non_exhaustive()
     }
 }
@@ -517,6 +743,15 @@ impl Settings {
                 ));
             }
         }
+        for (name, hook) in &self.webhooks {
+            let at = format!("webhooks.{name}");
+            if !valid_env_name(name) {
+                problems.push(format!(
+                    "{at}: webhook names are 1-32 characters of a-z, 0-9 and '-', starting with a letter"
+                ));
+            }
+            problems.extend(hook.problems(&at, self.mode));
+        }
         let auth = &self.auth;
         if auth.password_min_length < 12 {
             problems.push("auth.password_min_length must be at least 12".into());
@@ -576,6 +811,17 @@ impl Settings {
             if self.master_key.is_some() {
                 t.insert("master_key".into(), toml::Value::String("[redacted]".into()));
             }
+            if let Some(toml::Value::Table(hooks)) = t.get_mut("webhooks") {
+                for (name, hook) in hooks.iter_mut() {
+                    let (Some(settings), toml::Value::Table(h)) = (self.webhooks.get(name), hook) else {
+                        continue;
+                    };
+                    h.insert("url".into(), toml::Value::String(settings.redacted_url()));
+                    if settings.secret.is_some() {
+                        h.insert("secret".into(), toml::Value::String("[redacted]".into()));
+                    }
+                }
+            }
         }
         toml::to_string_pretty(&value).unwrap_or_default()
     }
@@ -587,6 +833,17 @@ impl Settings {
             o.insert("database_url".into(), redact_url(&self.database_url).into());
             if self.master_key.is_some() {
                 o.insert("master_key".into(), "[redacted]".into());
+            }
+            if let Some(hooks) = o.get_mut("webhooks").and_then(|h| h.as_object_mut()) {
+                for (name, hook) in hooks.iter_mut() {
+                    let (Some(settings), Some(h)) = (self.webhooks.get(name), hook.as_object_mut()) else {
+                        continue;
+                    };
+                    h.insert("url".into(), settings.redacted_url().into());
+                    if settings.secret.is_some() {
+                        h.insert("secret".into(), "[redacted]".into());
+                    }
+                }
             }
         }
         value
@@ -715,6 +972,19 @@ mod tests {
     }
 
     #[test]
+    fn an_environment_without_an_approval_section_gets_the_default_policy() {
+        let s = load_with(
+            "[environments.qa]\ntier = \"nonprod\"\naudience = \"airlock:qa\"\ndefault_ttl = \"5m\"\nmax_ttl = \"10m\"\n",
+        )
+        .expect("valid with the default policy");
+        let qa = &s.environments["qa"].approval;
+        assert_eq!(qa.quorum, 1);
+        assert_eq!(qa.approver_role, "approver");
+        assert_eq!(qa.pending_timeout, Duration::from_secs(3600));
+        assert!(!qa.auto_approve);
+    }
+
+    #[test]
     fn a_quorum_of_zero_is_refused() {
         let p = problems("[environments.staging.approval]\nquorum = 0\n");
         assert!(
@@ -786,6 +1056,216 @@ mod tests {
         assert!(!redact_url("host=db password=hunter2").contains("hunter2"));
         let q = redact_url("postgres://u@db/x?sslmode=require&password=hunter2");
         assert!(!q.contains("hunter2") && q.contains("sslmode=require"), "{q}");
+    }
+
+    const HOOK_SECRET: &str = "whsec-0123456789abcdef";
+
+    fn hook(body: &str) -> String {
+        format!("[webhooks.ops]\nurl = \"https://hooks.example.com/services/T0/B0/tok3n\"\n{body}")
+    }
+
+    /// The webhook problems of a config (none when it loads).
+    fn webhook_problems(extra: &str) -> Vec<String> {
+        match load_with(extra) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid(p)) => p.into_iter().filter(|p| p.contains("webhooks.")).collect(),
+            Err(e) => panic!("expected validation problems, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_webhook_gets_default_events_and_timings() {
+        let s = load_with(&hook(&format!("secret = \"{HOOK_SECRET}\"\n"))).unwrap();
+        let ops = &s.webhooks["ops"];
+        assert_eq!(ops.events, WEBHOOK_EVENTS);
+        assert_eq!(ops.timeout, Duration::from_secs(5));
+        assert_eq!(ops.max_attempts, 5);
+        assert_eq!(ops.retry_base, Duration::from_secs(2));
+        assert!(ops.wants("grant.revoked"));
+        assert_eq!(ops.signing_secret().unwrap().expose_secret(), HOOK_SECRET);
+        // No webhook unless the operator configures one.
+        assert!(Settings::load(&Sources::default()).unwrap().webhooks.is_empty());
+    }
+
+    #[test]
+    fn a_webhook_without_a_secret_is_refused() {
+        let p = webhook_problems(&hook(""));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("webhooks.ops") && m.contains("secret is required")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_webhook_with_both_secret_and_secret_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hook.secret");
+        std::fs::write(&file, HOOK_SECRET).unwrap();
+        let p = webhook_problems(&hook(&format!(
+            "secret = \"{HOOK_SECRET}\"\nsecret_file = {:?}\n",
+            file.display().to_string()
+        )));
+        assert!(p.iter().any(|m| m.contains("not both")), "{p:?}");
+    }
+
+    #[test]
+    fn a_webhook_secret_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hook.secret");
+        std::fs::write(&file, format!("{HOOK_SECRET}\n")).unwrap();
+        let s = load_with(&hook(&format!(
+            "secret_file = {:?}\n",
+            file.display().to_string()
+        )))
+        .unwrap();
+        assert_eq!(
+            s.webhooks["ops"].signing_secret().unwrap().expose_secret(),
+            HOOK_SECRET
+        );
+
+        let missing = dir.path().join("absent");
+        let p = webhook_problems(&hook(&format!(
+            "secret_file = {:?}\n",
+            missing.display().to_string()
+        )));
+        assert!(p.iter().any(|m| m.contains("cannot read secret_file")), "{p:?}");
+    }
+
+    #[test]
+    fn a_short_webhook_secret_is_refused() {
+        let p = webhook_problems(&hook("secret = \"tooshort\"\n"));
+        assert!(p.iter().any(|m| m.contains("shorter than 16 bytes")), "{p:?}");
+        assert!(!p.iter().any(|m| m.contains("tooshort")), "{p:?}");
+    }
+
+    #[test]
+    fn a_bad_webhook_url_is_refused_without_being_echoed() {
+        for url in [
+            "ftp://hooks.example.com/x",
+            "not a url tok3n",
+            "https://",
+            "unix:/run/tok3n",
+        ] {
+            let p = webhook_problems(&format!(
+                "[webhooks.ops]\nurl = {url:?}\nsecret = \"{HOOK_SECRET}\"\n"
+            ));
+            assert!(
+                p.iter()
+                    .any(|m| m.contains("webhooks.ops.url is not an http(s) URL")),
+                "{url}: {p:?}"
+            );
+            assert!(!p.iter().any(|m| m.contains("tok3n")), "{url}: {p:?}");
+        }
+        let p = webhook_problems(&format!(
+            "[webhooks.ops]\nurl = \"https://u:pw@hooks.example.com/\"\nsecret = \"{HOOK_SECRET}\"\n"
+        ));
+        assert!(p.iter().any(|m| m.contains("user name or password")), "{p:?}");
+    }
+
+    #[test]
+    fn plain_http_webhooks_are_refused_in_production_except_to_loopback() {
+        let prod = "mode = \"production\"\npublic_url = \"https://airlock.example.com\"\n";
+        for (url, ok) in [
+            ("http://hooks.example.com/x", false),
+            ("https://hooks.example.com/x", true),
+            ("http://127.0.0.1:9000/x", true),
+            ("http://localhost:9000/x", true),
+            ("http://[::1]:9000/x", true),
+        ] {
+            let p = webhook_problems(&format!(
+                "{prod}[webhooks.ops]\nurl = {url:?}\nsecret = \"{HOOK_SECRET}\"\n"
+            ));
+            assert_eq!(p.is_empty(), ok, "{url}: {p:?}");
+        }
+        // Development mode allows plain http anywhere.
+        assert!(
+            load_with(&format!(
+                "[webhooks.ops]\nurl = \"http://hooks.example.com/x\"\nsecret = \"{HOOK_SECRET}\"\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn unknown_webhook_events_and_bad_timings_are_refused() {
+        let p = webhook_problems(&hook(&format!(
+            "secret = \"{HOOK_SECRET}\"\nevents = [\"escalation.created\", \"escalation.approved\"]\nmax_attempts = 11\ntimeout = \"0s\"\nretry_base = \"10m\"\n"
+        )));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("unknown event \"escalation.approved\"")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("max_attempts is 11")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("webhooks.ops.timeout")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("webhooks.ops.retry_base")), "{p:?}");
+        let p = webhook_problems(&hook(&format!("secret = \"{HOOK_SECRET}\"\nevents = []\n")));
+        assert!(p.iter().any(|m| m.contains("events is empty")), "{p:?}");
+        let p = webhook_problems(&hook(&format!("secret = \"{HOOK_SECRET}\"\nmax_attempts = 0\n")));
+        assert!(p.iter().any(|m| m.contains("max_attempts is 0")), "{p:?}");
+    }
+
+    #[test]
+    fn webhook_names_are_checked() {
+        let p = webhook_problems(&format!(
+            "[webhooks.Ops_Team]\nurl = \"https://hooks.example.com/\"\nsecret = \"{HOOK_SECRET}\"\n"
+        ));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("webhooks.Ops_Team") && m.contains("webhook names")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn webhook_secrets_and_url_paths_are_redacted() {
+        let s = load_with(&hook(&format!("secret = \"{HOOK_SECRET}\"\n"))).unwrap();
+        let toml = s.to_redacted_toml();
+        let json = s.to_redacted_json().to_string();
+        let debug = format!("{s:?}");
+        for shown in [&toml, &json, &debug] {
+            assert!(!shown.contains(HOOK_SECRET), "{shown}");
+            assert!(!shown.contains("tok3n"), "{shown}");
+            assert!(shown.contains("hooks.example.com"), "{shown}");
+        }
+        assert!(toml.contains("secret = \"[redacted]\""), "{toml}");
+        assert_eq!(s.to_redacted_json()["webhooks"]["ops"]["secret"], "[redacted]");
+        assert_eq!(
+            s.to_redacted_json()["webhooks"]["ops"]["url"],
+            "https://hooks.example.com/…"
+        );
+        assert_eq!(
+            redact_webhook_url("http://127.0.0.1:9000/a?token=x"),
+            "http://127.0.0.1:9000/…"
+        );
+        assert_eq!(redact_webhook_url("nonsense tok3n"), "[redacted]");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn webhooks_can_be_configured_from_environment_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("AIRLOCK_WEBHOOKS__OPS__URL", "https://hooks.example.com/x");
+            jail.set_env("AIRLOCK_WEBHOOKS__OPS__SECRET", HOOK_SECRET);
+            jail.set_env("AIRLOCK_WEBHOOKS__OPS__MAX_ATTEMPTS", "3");
+            let s = Settings::load(&Sources {
+                file: None,
+                env: true,
+            })
+            .unwrap();
+            assert_eq!(s.webhooks["ops"].max_attempts, 3);
+            assert_eq!(
+                s.webhooks["ops"].signing_secret().unwrap().expose_secret(),
+                HOOK_SECRET
+            );
+            assert!(
+                unexpected_env_vars()
+                    .iter()
+                    .all(|v| !v.starts_with("AIRLOCK_WEBHOOKS"))
+            );
+            Ok(())
+        });
     }
 
     #[test]

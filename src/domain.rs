@@ -434,3 +434,199 @@ pub struct Attempt {
     /// No attempt is considered before this (Unix microseconds; 0 = not blocked).
     pub blocked_until_us: i64,
 }
+
+/// Where an escalation request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscalationState {
+    /// Waiting for approvers.
+    Pending,
+    /// Quorum reached: a grant exists.
+    Approved,
+    /// An approver said no.
+    Denied,
+    /// Nobody decided in time.
+    Expired,
+    /// The requester (or an admin) withdrew it.
+    Cancelled,
+}
+
+impl EscalationState {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscalationState::Pending => "pending",
+            EscalationState::Approved => "approved",
+            EscalationState::Denied => "denied",
+            EscalationState::Expired => "expired",
+            EscalationState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parse the stored form.
+    pub fn parse(s: &str) -> Option<EscalationState> {
+        Some(match s {
+            "pending" => EscalationState::Pending,
+            "approved" => EscalationState::Approved,
+            "denied" => EscalationState::Denied,
+            "expired" => EscalationState::Expired,
+            "cancelled" => EscalationState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// Who asked for an escalation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequesterKind {
+    /// A signed-in person.
+    Person,
+    /// A registered agent, or a process acting for a person (its sponsor).
+    Agent,
+}
+
+impl RequesterKind {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequesterKind::Person => "person",
+            RequesterKind::Agent => "agent",
+        }
+    }
+}
+
+/// One person's approval of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The approver's user id.
+    pub approver_id: Uuid,
+    /// Their username.
+    pub approver: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub approved_at: OffsetDateTime,
+}
+
+/// A request for production or destructive access, waiting for (or past) human sign-off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// Id.
+    pub id: Uuid,
+    /// Target environment.
+    pub environment: String,
+    /// Scopes asked for.
+    pub scopes: Vec<String>,
+    /// How long the grant lasts once approved (already capped by policy).
+    pub duration_secs: i64,
+    /// Why (shown to approvers).
+    pub reason: String,
+    /// Person or agent.
+    pub requester_kind: RequesterKind,
+    /// Username, agent client id, or `process:NAME` of a delegated process.
+    pub requester: String,
+    /// The requesting person's id, when a person asked.
+    pub requester_user_id: Option<Uuid>,
+    /// The person who launched the requesting agent (the `act` chain), if any.
+    pub sponsor: Option<String>,
+    /// The sponsor's id.
+    pub sponsor_user_id: Option<Uuid>,
+    /// Who will hold the grant: `user:<id>` or `agent:<client_id>`.
+    pub holder: String,
+    /// For a delegated process: the only actor the grant covers.
+    pub holder_actor: Option<String>,
+    /// Distinct approvals needed.
+    pub quorum: u32,
+    /// Where it stands.
+    pub state: EscalationState,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Pending until.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When it left `pending`.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
+    /// Who ended it (approver who completed the quorum, denier, canceller, `system`).
+    pub decided_by: Option<String>,
+    /// The denial or cancellation reason.
+    pub decision_reason: Option<String>,
+    /// Approvals so far, oldest first.
+    pub approvals: Vec<Approval>,
+}
+
+/// One step in a request's history (also in the audit trail).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscalationEvent {
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `created`, `approval`, `approved`, `denied`, `cancelled`, `expired`, `grant_bound`,
+    /// `grant_revoked`, `grant_ended`.
+    pub kind: String,
+    /// Who.
+    pub actor: String,
+    /// Free text (a reason), if any.
+    pub note: Option<String>,
+}
+
+/// Access an approved escalation gives: environment, scopes, holder, and a time window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Id (the `grant` claim of tokens minted under it).
+    pub id: Uuid,
+    /// The request it came from.
+    pub escalation_id: Uuid,
+    /// Environment.
+    pub environment: String,
+    /// Scopes covered.
+    pub scopes: Vec<String>,
+    /// `user:<id>` or `agent:<client_id>`.
+    pub holder: String,
+    /// For a delegated process: the only actor it covers.
+    pub holder_actor: Option<String>,
+    /// Start (approval time).
+    #[serde(with = "time::serde::rfc3339")]
+    pub starts_at: OffsetDateTime,
+    /// End: no token under this grant lives past it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub ends_at: OffsetDateTime,
+    /// The session a person's prod-tier grant is bound to after their step-up.
+    pub session_id: Option<Uuid>,
+    /// When revoked.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// By whom.
+    pub revoked_by: Option<String>,
+    /// Why.
+    pub revoked_reason: Option<String>,
+}
+
+impl Grant {
+    /// Whether tokens may be minted (and are valid) under this grant at `at`.
+    pub fn is_active(&self, at: OffsetDateTime) -> bool {
+        self.revoked_at.is_none() && self.starts_at <= at && at < self.ends_at
+    }
+
+    /// `active`, `revoked` or `ended` at `at`.
+    pub fn status(&self, at: OffsetDateTime) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if at >= self.ends_at {
+            "ended"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// Grant holder key of a person.
+pub fn person_holder(user_id: Uuid) -> String {
+    format!("user:{user_id}")
+}
+
+/// Grant holder key of a registered agent.
+pub fn agent_holder(client_id: &str) -> String {
+    format!("agent:{client_id}")
+}

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::domain::{Agent, NewAuditEvent, Outcome, looks_like_client_id, now};
-use crate::policy::{self, AuthFailure};
+use crate::policy::{self, AuthFailure, ScopeRefusal};
 use crate::store::StoreError;
 use crate::token::{self, AccessClaims};
 
@@ -45,6 +45,9 @@ pub enum OAuthError {
     SlowDown,
     /// `expired_token` (400, RFC 8628).
     ExpiredToken,
+    /// `insufficient_user_authentication` (403, the RFC 9470 error code): confirm a fresh
+    /// TOTP code (step up) first, then ask again.
+    StepUpRequired(String),
 }
 
 /// A successful token response (RFC 6749 section 5.1). Deliberately not `Debug`.
@@ -134,6 +137,141 @@ pub async fn client_credentials(
         .environment(env_name)
         .ok_or_else(|| OAuthError::UnknownEnvironment(env_name.to_string()))?;
 
+    let agent = authenticate_client(state, peer, env_name, &creds).await?;
+    let actor = format!("agent:{}", agent.client_id);
+
+    let refused = |reason: &str| {
+        NewAuditEvent::new("token.refused", actor.clone(), Outcome::Refused)
+            .env(env_name)
+            .subject(agent.client_id.clone())
+            .detail("reason", reason.to_string())
+            .detail("requested", requested_for_audit(&state.settings, scope))
+    };
+    let (scopes, grant) = match policy::agent_scopes(&state.settings, env, &agent, scope) {
+        Ok(s) => (s, None),
+        // Invariant 5: a destructive scope needs an active grant held by this agent that
+        // covers every destructive scope asked for. The other scopes must be the agent's
+        // own or covered by the same grant.
+        Err(ScopeRefusal::Destructive(_)) => {
+            let wanted = match scope {
+                Some(raw) => policy::parse_scope_param(raw).unwrap_or_default(),
+                None => agent.default_scopes.clone(),
+            };
+            let needed = crate::policy::escalation::gated_scopes(&state.settings, env_name, &wanted);
+            let needed: Vec<String> = needed
+                .into_iter()
+                .filter(|s| crate::policy::escalation::is_destructive(&state.settings, s))
+                .collect();
+            let holder = crate::domain::agent_holder(&agent.client_id);
+            let grant = crate::escalations::covering_grant(state, &holder, env_name, &needed, None)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = ?e, "grant look-up failed");
+                    OAuthError::Unavailable
+                })?;
+            let Some(grant) = grant else {
+                let refusal = ScopeRefusal::Destructive(needed.join(" "));
+                return Err(refuse(
+                    state,
+                    refused(refusal.reason()),
+                    OAuthError::AccessDenied(refusal.description(env_name)),
+                )
+                .await);
+            };
+            if let Some(other) = wanted
+                .iter()
+                .find(|s| !grant.scopes.contains(s) && !agent.allowed_scopes.contains(s))
+            {
+                let refusal = ScopeRefusal::NotAllowed(other.clone());
+                return Err(refuse(
+                    state,
+                    refused(refusal.reason()),
+                    OAuthError::InvalidScope(refusal.description(env_name)),
+                )
+                .await);
+            }
+            (wanted, Some(grant))
+        }
+        Err(refusal) => {
+            return Err(refuse(
+                state,
+                refused(refusal.reason()),
+                OAuthError::InvalidScope(refusal.description(env_name)),
+            )
+            .await);
+        }
+    };
+
+    let at = now();
+    let mut lifetime = policy::token_lifetime(env);
+    if let Some(g) = &grant {
+        // Invariant 6: never past the grant's end.
+        lifetime = crate::policy::escalation::grant_token_lifetime(lifetime, g, at);
+        if lifetime.is_zero() {
+            return Err(refuse(
+                state,
+                refused("grant_ended"),
+                OAuthError::AccessDenied("the grant has ended; ask for a new escalation".into()),
+            )
+            .await);
+        }
+    }
+    let iat = at.unix_timestamp();
+    let claims = AccessClaims {
+        iss: state.settings.issuer(env_name),
+        sub: agent.client_id.clone(),
+        aud: env.audience.clone(),
+        client_id: agent.client_id.clone(),
+        scope: scopes.join(" "),
+        env: env_name.to_string(),
+        iat,
+        nbf: iat,
+        exp: iat + lifetime.as_secs() as i64,
+        jti: Uuid::new_v4().to_string(),
+        act: None,
+        grant: grant.as_ref().map(|g| g.id.to_string()),
+    };
+    let signer = state
+        .keys
+        .signer(&crate::domain::KeySet::Environment(env_name.to_string()))
+        .ok_or(OAuthError::Unavailable)?;
+    let access_token = token::sign(&signer, &claims).map_err(|e| {
+        tracing::error!(error = ?e, "signing failed");
+        OAuthError::Unavailable
+    })?;
+    let event = NewAuditEvent::new("token.issued", actor, Outcome::Success)
+        .env(env_name)
+        .subject(agent.client_id.clone())
+        .detail("jti", claims.jti.clone())
+        .detail("kid", signer.kid.clone())
+        .detail("scope", claims.scope.clone())
+        .detail("exp", claims.exp)
+        .detail("grant_type", "client_credentials")
+        .detail("grant", claims.grant.clone());
+    // Invariant 7: no token leaves unless its audit event has committed.
+    if let Err(e) = state.store.append_audit(event).await {
+        tracing::error!(error = ?e, "cannot record an issuance; the token is discarded");
+        return Err(OAuthError::Unavailable);
+    }
+    tracing::info!(env = env_name, client_id = %agent.client_id, jti = %claims.jti, "token issued");
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: lifetime.as_secs(),
+        scope: claims.scope,
+        issued_token_type: None,
+    })
+}
+
+/// Authenticate an agent's client credentials at environment `env_name` (invariant 2:
+/// only an agent of that environment authenticates there). Every failure is audited
+/// and answered `invalid_client`.
+async fn authenticate_client(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    env_name: &str,
+    creds: &ClientCredentials,
+) -> Result<Agent, OAuthError> {
     // Authenticate. Look-up failures other than "not found" fail closed.
     let agent: Option<Agent> = match state.store.agent_by_client_id(&creds.client_id).await {
         Ok(a) => Some(a),
@@ -164,70 +302,90 @@ pub async fn client_credentials(
         let error = OAuthError::InvalidClient;
         return Err(refuse_anonymous(state, peer, env_name, failure.reason(), event, error).await);
     }
-    let agent = agent.expect("authenticated agents exist");
-    let actor = format!("agent:{}", agent.client_id);
+    // authenticate_agent refuses a missing agent, so this is always Some.
+    agent.ok_or(OAuthError::InvalidClient)
+}
 
-    let scopes = match policy::agent_scopes(&state.settings, env, &agent, scope) {
-        Ok(s) => s,
-        Err(refusal) => {
-            let event = NewAuditEvent::new("token.refused", actor, Outcome::Refused)
-                .env(env_name)
-                .subject(agent.client_id.clone())
-                .detail("reason", refusal.reason())
-                .detail("requested", requested_for_audit(&state.settings, scope));
-            return Err(refuse(
-                state,
-                event,
-                OAuthError::InvalidScope(refusal.description(env_name)),
-            )
-            .await);
+/// RFC 7662 introspection at environment `env_name`, for a resource server that
+/// authenticates as an agent of that environment. A token is active only if it verifies
+/// for this environment (key, issuer, audience, time), its agent or person is still
+/// enabled, and the grant it was minted under (if any) is neither revoked nor ended.
+pub async fn introspect(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    env_name: &str,
+    creds: ClientCredentials,
+    token: &str,
+) -> Result<serde_json::Value, OAuthError> {
+    let env = state
+        .settings
+        .environment(env_name)
+        .ok_or_else(|| OAuthError::UnknownEnvironment(env_name.to_string()))?;
+    authenticate_client(state, peer, env_name, &creds).await?;
+    let inactive = serde_json::json!({ "active": false });
+    let Some(jwks) = state
+        .keys
+        .jwks(&crate::domain::KeySet::Environment(env_name.to_string()))
+    else {
+        return Err(OAuthError::Unavailable);
+    };
+    let Ok(claims) = token::verify(
+        token,
+        &jwks,
+        &state.settings.issuer(env_name),
+        &env.audience,
+        now().unix_timestamp(),
+        0,
+    ) else {
+        return Ok(inactive);
+    };
+    if claims.env != env_name {
+        return Ok(inactive);
+    }
+    let principal_live = if claims.client_id == crate::people::CLI_CLIENT_ID {
+        match state.store.user_by_username(&claims.sub).await {
+            Ok(u) => !u.disabled,
+            Err(StoreError::NotFound) => false,
+            Err(_) => return Err(OAuthError::Unavailable),
+        }
+    } else {
+        match state.store.agent_by_client_id(&claims.sub).await {
+            Ok(a) => !a.disabled && a.environment == env_name,
+            Err(StoreError::NotFound) => false,
+            Err(_) => return Err(OAuthError::Unavailable),
         }
     };
-
-    let lifetime = policy::token_lifetime(env);
-    let iat = now().unix_timestamp();
-    let claims = AccessClaims {
-        iss: state.settings.issuer(env_name),
-        sub: agent.client_id.clone(),
-        aud: env.audience.clone(),
-        client_id: agent.client_id.clone(),
-        scope: scopes.join(" "),
-        env: env_name.to_string(),
-        iat,
-        nbf: iat,
-        exp: iat + lifetime.as_secs() as i64,
-        jti: Uuid::new_v4().to_string(),
-        act: None,
-    };
-    let signer = state
-        .keys
-        .signer(&crate::domain::KeySet::Environment(env_name.to_string()))
-        .ok_or(OAuthError::Unavailable)?;
-    let access_token = token::sign(&signer, &claims).map_err(|e| {
-        tracing::error!(error = ?e, "signing failed");
-        OAuthError::Unavailable
-    })?;
-    let event = NewAuditEvent::new("token.issued", actor, Outcome::Success)
-        .env(env_name)
-        .subject(agent.client_id.clone())
-        .detail("jti", claims.jti.clone())
-        .detail("kid", signer.kid.clone())
-        .detail("scope", claims.scope.clone())
-        .detail("exp", claims.exp)
-        .detail("grant_type", "client_credentials");
-    // Invariant 7: no token leaves unless its audit event has committed.
-    if let Err(e) = state.store.append_audit(event).await {
-        tracing::error!(error = ?e, "cannot record an issuance; the token is discarded");
-        return Err(OAuthError::Unavailable);
+    if !principal_live {
+        return Ok(inactive);
     }
-    tracing::info!(env = env_name, client_id = %agent.client_id, jti = %claims.jti, "token issued");
-    Ok(TokenResponse {
-        access_token,
-        token_type: "Bearer",
-        expires_in: lifetime.as_secs(),
-        scope: claims.scope,
-        issued_token_type: None,
-    })
+    if let Some(grant) = &claims.grant {
+        match crate::escalations::grant_is_active(state, grant).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(inactive),
+            Err(_) => return Err(OAuthError::Unavailable),
+        }
+    }
+    let mut out = serde_json::json!({
+        "active": true,
+        "scope": claims.scope,
+        "client_id": claims.client_id,
+        "sub": claims.sub,
+        "aud": claims.aud,
+        "iss": claims.iss,
+        "exp": claims.exp,
+        "iat": claims.iat,
+        "nbf": claims.nbf,
+        "jti": claims.jti,
+        "token_type": "Bearer",
+        "env": claims.env,
+    });
+    if let Some(act) = claims.act {
+        out["act"] = serde_json::json!({ "sub": act.sub });
+    }
+    if let Some(grant) = claims.grant {
+        out["grant"] = serde_json::json!(grant);
+    }
+    Ok(out)
 }
 
 fn auth_failure_event(

@@ -605,21 +605,22 @@ pub fn is_stepped_up(state: &AppState, auth: &Authenticated) -> bool {
         .is_some_and(|t| now() - t < state.settings.auth.step_up_lifetime)
 }
 
-/// Step up: confirm a fresh TOTP code for this session (needed for admin changes, and
-/// marks the session as TOTP-verified).
-pub async fn step_up(
+/// Confirm a fresh TOTP code of `user` (throttled like a sign-in; the code's time step
+/// is consumed, so it can never be replayed). `via` names the action in the audit trail.
+pub async fn confirm_totp(
     state: &AppState,
     peer: Option<IpAddr>,
-    auth: &Authenticated,
+    user: &User,
     code: &str,
+    via: &str,
 ) -> Result<(), SignInError> {
-    let keys = throttle_keys(state, &auth.user.username, peer);
+    let keys = throttle_keys(state, &user.username, peer);
     count_attempt(state, &keys).await?;
-    if !auth.user.totp_enrolled() {
+    if !user.totp_enrolled() {
         return Err(SignInError::TotpRequired);
     }
-    if !verify_totp(state, &auth.user, code).await? {
-        audit_sign_in_failure(state, peer, Some(&auth.user), "wrong_or_replayed_totp", "step-up").await?;
+    if !verify_totp(state, user, code).await? {
+        audit_sign_in_failure(state, peer, Some(user), "wrong_or_replayed_totp", via).await?;
         return Err(SignInError::TotpInvalid);
     }
     state
@@ -635,6 +636,18 @@ pub async fn step_up(
             .await
             .map_err(unavailable)?;
     }
+    Ok(())
+}
+
+/// Step up: confirm a fresh TOTP code for this session (needed for admin changes and
+/// for a first production token under a grant; marks the session as TOTP-verified).
+pub async fn step_up(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    auth: &Authenticated,
+    code: &str,
+) -> Result<(), SignInError> {
+    confirm_totp(state, peer, &auth.user, code, "step-up").await?;
     state
         .store
         .step_up_session(auth.session.id, now())
@@ -812,23 +825,74 @@ pub async fn exchange(
         ));
     }
     let roles = effective_roles(state, &auth);
-    let scopes = match policy::human_scopes(&state.settings, env, env_name, &roles, req.scope) {
-        Ok(s) => s,
+    let audit = |event: NewAuditEvent| async {
+        state
+            .store
+            .append_audit(event)
+            .await
+            .map(|_| ())
+            .map_err(|_| OAuthError::Unavailable)
+    };
+    let (scopes, grant) = match policy::human_scopes(&state.settings, env, env_name, &roles, req.scope) {
+        Ok(s) => (s, None),
+        Err(HumanRefusal::NeedsEscalation(gated)) => {
+            let prod = env.tier == crate::config::Tier::Prod;
+            // In production every scope is gated; elsewhere only the destructive ones are,
+            // and the rest must come from the person's roles (or the same grant).
+            let wanted = if prod {
+                gated.clone()
+            } else {
+                policy::parse_scope_param(req.scope.unwrap_or_default()).unwrap_or_default()
+            };
+            let holder = crate::domain::person_holder(user.id);
+            let actor_sub = act.as_ref().map(|a| a.sub.as_str());
+            let grant = crate::escalations::covering_grant(state, &holder, env_name, &gated, actor_sub)
+                .await
+                .map_err(|_| OAuthError::Unavailable)?;
+            let Some(grant) = grant else {
+                let refusal = HumanRefusal::NeedsEscalation(gated);
+                audit(refuse("needs_escalation").detail("requested", known_scopes(state, &wanted.join(" "))))
+                    .await?;
+                return Err(refusal_error(&refusal, env_name));
+            };
+            let rest: Vec<String> = wanted
+                .iter()
+                .filter(|s| !grant.scopes.contains(s))
+                .cloned()
+                .collect();
+            if !rest.is_empty()
+                && let Err(refusal) =
+                    policy::human_scopes(&state.settings, env, env_name, &roles, Some(&rest.join(" ")))
+            {
+                audit(refuse(refusal.reason())).await?;
+                return Err(refusal_error(&refusal, env_name));
+            }
+            if prod {
+                bind_prod_grant(state, &auth, &grant, &refuse).await?;
+            }
+            (wanted, Some(grant))
+        }
         Err(refusal) => {
             let event =
                 refuse(refusal.reason()).detail("requested", req.scope.map(|s| known_scopes(state, s)));
-            state
-                .store
-                .append_audit(event)
-                .await
-                .map_err(|_| OAuthError::Unavailable)?;
+            audit(event).await?;
             return Err(refusal_error(&refusal, env_name));
         }
     };
     let at = now();
-    let lifetime = policy::token_lifetime(env).min(Duration::from_secs(
+    let mut lifetime = policy::token_lifetime(env).min(Duration::from_secs(
         (auth.session.expires_at - at).whole_seconds().max(0) as u64,
     ));
+    if let Some(g) = &grant {
+        // Invariant 6: never past the grant's end.
+        lifetime = crate::policy::escalation::grant_token_lifetime(lifetime, g, at);
+        if lifetime.is_zero() {
+            audit(refuse("grant_ended")).await?;
+            return Err(OAuthError::AccessDenied(
+                "the grant has ended; ask for a new escalation".into(),
+            ));
+        }
+    }
     let claims = AccessClaims {
         iss: state.settings.issuer(env_name),
         sub: user.username.clone(),
@@ -841,6 +905,7 @@ pub async fn exchange(
         exp: at.unix_timestamp() + lifetime.as_secs() as i64,
         jti: Uuid::new_v4().to_string(),
         act,
+        grant: grant.as_ref().map(|g| g.id.to_string()),
     };
     let signer = state
         .keys
@@ -856,7 +921,8 @@ pub async fn exchange(
         .detail("exp", claims.exp)
         .detail("grant_type", "token-exchange")
         .detail("session", auth.session.id.to_string())
-        .detail("act", claims.act.as_ref().map(|a| a.sub.clone()));
+        .detail("act", claims.act.as_ref().map(|a| a.sub.clone()))
+        .detail("grant", claims.grant.clone());
     state
         .store
         .append_audit(event)
@@ -870,6 +936,71 @@ pub async fn exchange(
         scope: claims.scope,
         issued_token_type: Some(ACCESS_TOKEN_TYPE),
     })
+}
+
+/// Invariant 3 for people: a prod-tier grant is used only from the session that first
+/// used it, and that first use needs a TOTP code confirmed after the grant started.
+async fn bind_prod_grant(
+    state: &AppState,
+    auth: &Authenticated,
+    grant: &crate::domain::Grant,
+    refuse: &(dyn Fn(&str) -> NewAuditEvent + Sync),
+) -> Result<(), OAuthError> {
+    let other_session = || {
+        OAuthError::AccessDenied(
+            "this grant is bound to the session that first used it; use that session, \
+             or ask for a new escalation (airlock escalate)"
+                .into(),
+        )
+    };
+    let audit = |event: NewAuditEvent| async {
+        state
+            .store
+            .append_audit(event)
+            .await
+            .map(|_| ())
+            .map_err(|_| OAuthError::Unavailable)
+    };
+    match grant.session_id {
+        Some(sid) if sid == auth.session.id => return Ok(()),
+        Some(_) => {
+            audit(refuse("grant_bound_to_other_session")).await?;
+            return Err(other_session());
+        }
+        None => {}
+    }
+    let stepped_up = auth
+        .session
+        .stepped_up_at
+        .is_some_and(|t| t >= grant.starts_at && now() - t < state.settings.auth.step_up_lifetime);
+    if !stepped_up {
+        audit(refuse("step_up_required")).await?;
+        return Err(OAuthError::StepUpRequired(
+            "your first production token under this grant needs a fresh TOTP code: \
+             run `airlock step-up`, then ask again (airlock token does this for you)"
+                .into(),
+        ));
+    }
+    let event = NewAuditEvent::new(
+        "grant.bound",
+        format!("user:{}", auth.user.username),
+        Outcome::Success,
+    )
+    .env(grant.environment.clone())
+    .subject(grant.id.to_string())
+    .detail("session", auth.session.id.to_string());
+    match state
+        .store
+        .bind_grant_session(grant.id, auth.session.id, now(), event)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(StoreError::Conflict) => {
+            audit(refuse("grant_bound_to_other_session")).await?;
+            Err(other_session())
+        }
+        Err(_) => Err(OAuthError::Unavailable),
+    }
 }
 
 fn known_scopes(state: &AppState, raw: &str) -> Vec<String> {

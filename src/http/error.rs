@@ -175,6 +175,11 @@ impl OAuthError {
                 format!("grant_type '{g}' is not supported at this endpoint"),
             ),
             OAuthError::AccessDenied(m) => (StatusCode::FORBIDDEN, "access_denied", m.clone()),
+            OAuthError::StepUpRequired(m) => (
+                StatusCode::FORBIDDEN,
+                "insufficient_user_authentication",
+                m.clone(),
+            ),
             OAuthError::UnknownEnvironment(e) => (
                 StatusCode::NOT_FOUND,
                 "invalid_request",
@@ -238,4 +243,20 @@ pub fn oauth_status(status: StatusCode, description: &str) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+impl From<crate::escalations::EscalationError> for ApiError {
+    fn from(e: crate::escalations::EscalationError) -> Self {
+        use crate::escalations::EscalationError as E;
+        match e {
+            E::Unauthenticated => ApiError::Unauthenticated,
+            E::Forbidden(m) => ApiError::Forbidden(m),
+            E::BadRequest(m) => ApiError::BadRequest(m),
+            E::NotFound => ApiError::NotFound("request"),
+            E::UnknownEnvironment => ApiError::NotFound("environment"),
+            E::Conflict(m) => ApiError::Conflict(m),
+            E::Totp(e) => ApiError::SignIn(e),
+            E::Unavailable => ApiError::Unavailable("the store is unavailable; retry shortly"),
+        }
+    }
 }

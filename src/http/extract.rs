@@ -98,3 +98,20 @@ impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for AppJson<T> {
         }
     }
 }
+
+/// `Query<T>` whose rejection is our error shape (never axum's plain-text 400).
+pub struct AppQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<AppState> for AppQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(AppQuery(v)),
+            // SECURITY: say which kind of problem, never echo what was sent.
+            Err(_) => Err(ApiError::BadRequest(
+                "the query parameters do not match this endpoint (see /v1/openapi.json)".into(),
+            )),
+        }
+    }
+}

@@ -9,6 +9,7 @@
 mod api;
 mod discovery;
 pub mod error;
+mod escalations;
 mod extract;
 mod health;
 mod session;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(session::router())
         .merge(api::router())
+        .merge(escalations::router())
         .merge(web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -82,6 +84,14 @@ pub fn router(state: AppState) -> Router {
 /// endpoint speaks (OAuth or `/v1`), with `Retry-After`.
 async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     let oauth = is_oauth_path(req.uri().path());
+    // A long-poll on an escalation (`?wait=`) may take up to its own, bounded wait.
+    let limit = if req.uri().path().starts_with("/v1/escalations/")
+        && req.uri().query().is_some_and(|q| q.contains("wait="))
+    {
+        limit + crate::escalations::MAX_WAIT
+    } else {
+        limit
+    };
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) if oauth => crate::oauth::OAuthError::Unavailable.into_response(),

@@ -27,7 +27,9 @@ use secrecy::ExposeSecret;
 
 /// Token routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/envs/{env}/token", post(issue_token))
+    Router::new()
+        .route("/envs/{env}/token", post(issue_token))
+        .route("/envs/{env}/introspect", post(introspect))
 }
 
 /// Parameters we read; others are ignored as RFC 6749 section 3.2 requires.
@@ -43,6 +45,7 @@ pub(super) struct TokenParams {
     pub(super) actor_token_type: Option<String>,
     pub(super) device_code: Option<SecretString>,
     pub(super) refresh_token: Option<SecretString>,
+    pub(super) token: Option<SecretString>,
 }
 
 async fn issue_token(
@@ -72,6 +75,44 @@ async fn issue_token(
                 .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             r
         }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /envs/{env}/introspect` (RFC 7662): a resource server of the environment,
+/// authenticated as one of its agents, asks whether a token is active.
+async fn introspect(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    env: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Ok(Path(env)) = env else {
+        return OAuthError::UnknownEnvironment("(not valid UTF-8)".into()).into_response();
+    };
+    if state.settings.environment(&env).is_none() {
+        return OAuthError::UnknownEnvironment(env.chars().take(64).collect()).into_response();
+    }
+    let bytes = match read_form_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let params = match parse_params(&bytes) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let creds = match client_credentials(&headers, params.client_id, params.client_secret) {
+        Ok(Some(c)) => c,
+        Ok(None) => return OAuthError::InvalidClient.into_response(),
+        Err(e) => return e.into_response(),
+    };
+    let Some(token) = params.token else {
+        return OAuthError::InvalidRequest("token is required".into()).into_response();
+    };
+    match oauth::introspect(&state, peer, &env, creds, token.expose_secret()).await {
+        Ok(answer) => no_store_json(answer),
         Err(e) => e.into_response(),
     }
 }
@@ -185,6 +226,7 @@ pub(super) fn parse_params(body: &[u8]) -> Result<TokenParams, OAuthError> {
             "actor_token_type" => p.actor_token_type = Some(value.into_owned()),
             "device_code" => p.device_code = Some(SecretString::from(value.into_owned())),
             "refresh_token" => p.refresh_token = Some(SecretString::from(value.into_owned())),
+            "token" => p.token = Some(SecretString::from(value.into_owned())),
             _ => {}
         }
     }

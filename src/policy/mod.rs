@@ -5,6 +5,8 @@
 //! [`agent_scopes`]: a destructive scope is never granted by this path. Invariant 6
 //! (short life) is [`token_lifetime`].
 
+pub mod escalation;
+
 use std::time::Duration;
 
 use crate::config::{EnvironmentSettings, Settings};

@@ -10,6 +10,7 @@
 //! Only this module imports sqlx. The SQL is shared by both backends
 //! (see `sql.rs`); each backend file holds its connection options and migrations.
 
+pub mod escalations;
 pub mod people;
 mod postgres;
 mod sql;
@@ -24,6 +25,7 @@ use uuid::Uuid;
 
 use crate::domain::{Agent, AuditRecord, KeySet, KeyStatus, NewAuditEvent, StoredKey};
 
+pub use escalations::{ApproveOutcome, EscalationFilter, EscalationStore, GrantFilter};
 pub use people::{PeopleStore, RefreshOutcome, ThrottleRule, UserChange};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -90,7 +92,7 @@ pub enum AgentChange {
 
 /// The persistence contract. One contract test suite runs it against both backends.
 #[async_trait]
-pub trait Store: PeopleStore + Send + Sync + 'static {
+pub trait Store: PeopleStore + EscalationStore + Send + Sync + 'static {
     /// Cheap liveness check of the database.
     async fn ping(&self) -> StoreResult<()>;
     /// Database reachable and every embedded migration applied.

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
+use super::escalations::impl_escalation_store;
 use super::people::impl_people_store;
 use super::sql::impl_sql_store;
 use super::{AgentCache, AuditBatcher, ConnectOptions};
@@ -72,4 +73,5 @@ impl PgStore {
 }
 
 impl_sql_store!(PgStore, Postgres);
+impl_escalation_store!(PgStore, Postgres);
 impl_people_store!(PgStore, Postgres);

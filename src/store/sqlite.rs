@@ -8,6 +8,7 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Pool, Sqlite};
 
+use super::escalations::impl_escalation_store;
 use super::people::impl_people_store;
 use super::sql::impl_sql_store;
 use super::{AgentCache, AuditBatcher, ConnectOptions};
@@ -67,4 +68,5 @@ impl SqliteStore {
 }
 
 impl_sql_store!(SqliteStore, Sqlite);
+impl_escalation_store!(SqliteStore, Sqlite);
 impl_people_store!(SqliteStore, Sqlite);

@@ -106,6 +106,9 @@ pub struct AccessClaims {
     /// Delegation: the process acting for the person (RFC 8693).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Actor>,
+    /// The grant this token was minted under (production or destructive access).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 /// Sign `claims` as a compact JWS with `signer`.

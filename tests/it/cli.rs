@@ -574,7 +574,8 @@ async fn agent_token_exits_77_when_refused_and_never_echoes_the_secret(backend: 
         .args(["--scope", "db:drop"]))
     .await
     .expect_code(77, "destructive scope")
-    .stderr_has("invalid_scope", "destructive scope");
+    .stderr_has("access_denied", "destructive scope")
+    .stderr_has("airlock escalate", "destructive scope");
 }
 
 #[tokio::test]

@@ -4,11 +4,15 @@
 mod browser;
 mod cli;
 mod contract;
+mod escalation_store;
+mod escalation_support;
 mod failclosed;
 mod hardening;
 mod harness;
+mod introspection;
 mod people;
 mod people_cli;
 mod session_cli;
 mod stepup;
 mod tokens;
+mod webhooks;

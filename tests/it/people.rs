@@ -1686,6 +1686,7 @@ async fn the_openapi_document_describes_every_route(backend: Backend) {
         ("tokens.rs", include_str!("../../src/http/tokens.rs")),
         ("discovery.rs", include_str!("../../src/http/discovery.rs")),
         ("health.rs", include_str!("../../src/http/health.rs")),
+        ("escalations.rs", include_str!("../../src/http/escalations.rs")),
     ];
     let mut registered = Vec::new();
     for (file, source) in sources {

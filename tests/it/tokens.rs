@@ -280,7 +280,7 @@ async fn a_rotated_secret_replaces_the_old_one_at_once(backend: Backend) {
 
 // --- refusals: scopes ---------------------------------------------------------------
 
-async fn scopes_that_are_not_allowed_unknown_or_destructive_are_invalid_scope(backend: Backend) {
+async fn unallowed_and_unknown_scopes_are_invalid_scope_and_destructive_ones_access_denied(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
@@ -304,8 +304,8 @@ async fn scopes_that_are_not_allowed_unknown_or_destructive_are_invalid_scope(ba
 
     for destructive in ["db:drop", "volume:delete", "db:read volume:delete"] {
         let (status, body) = oauth_error(app.token("staging", &agent, Some(destructive)).await).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(body["error"], "invalid_scope");
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "access_denied");
         let description = body["error_description"].as_str().unwrap();
         assert!(description.contains("approved escalation"), "{description}");
         assert!(description.contains("airlock escalate"), "{description}");
@@ -549,7 +549,7 @@ crate::both_backends!(
     every_authentication_failure_looks_the_same,
     a_secret_pasted_as_client_id_is_never_recorded,
     a_rotated_secret_replaces_the_old_one_at_once,
-    scopes_that_are_not_allowed_unknown_or_destructive_are_invalid_scope,
+    unallowed_and_unknown_scopes_are_invalid_scope_and_destructive_ones_access_denied,
     malformed_requests_get_rfc_6749_errors_never_html_or_panics,
     a_staging_token_fails_prod_validation_on_key_issuer_and_audience_separately,
     discovery_documents_describe_each_environment,

@@ -1,0 +1,671 @@
+//! The escalation rules, as pure functions: who may ask for what, who may approve,
+//! when a quorum is reached, and which grant covers a token request.
+//!
+//! Invariant 4 (human sign-off) is [`check_approver`] + [`quorum_reached`]: an approval
+//! counts only from a person holding the environment's approver role in effect (TOTP
+//! enrolled and signed in with it) who is not the requester; a sponsor is never the
+//! only approver; the quorum counts distinct people. The TOTP code each approval needs
+//! is checked by the caller before the store records it.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::{Settings, Tier};
+use crate::domain::{Escalation, Grant, RequesterKind};
+
+/// Shortest reason accepted: enough to name a ticket and a verb.
+pub const MIN_REASON_CHARS: usize = 10;
+/// Longest reason accepted.
+pub const MAX_REASON_CHARS: usize = 500;
+/// Shortest grant asked for.
+pub const MIN_DURATION: Duration = Duration::from_secs(60);
+/// Longest denial or revocation note.
+pub const MAX_NOTE_CHARS: usize = 500;
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Requester {
+    /// A signed-in person, with the roles in effect for their session.
+    Person {
+        /// Id.
+        user_id: Uuid,
+        /// Username.
+        username: String,
+        /// Effective roles.
+        roles: Vec<String>,
+    },
+    /// A registered agent, bound to one environment.
+    Agent {
+        /// Client id.
+        client_id: String,
+        /// Its environment.
+        environment: String,
+    },
+    /// A process acting for a person (token `sub` = the person, `act` = the process),
+    /// holding a token of one environment.
+    Delegated {
+        /// The person (becomes the sponsor).
+        user_id: Uuid,
+        /// Their username.
+        username: String,
+        /// `process:NAME`.
+        actor: String,
+        /// The environment of the token it presented.
+        environment: String,
+    },
+}
+
+impl Requester {
+    /// Audit actor.
+    pub fn actor(&self) -> String {
+        match self {
+            Requester::Person { username, .. } => format!("user:{username}"),
+            Requester::Agent { client_id, .. } => format!("agent:{client_id}"),
+            Requester::Delegated { username, actor, .. } => format!("{actor} for user:{username}"),
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestRefusal {
+    /// No such environment (404).
+    UnknownEnvironment,
+    /// An agent asked for an environment other than its own: a security event (403).
+    CrossEnvironment {
+        /// Where the agent lives.
+        own: String,
+    },
+    /// The person's roles do not list the environment as escalatable (403).
+    NotEscalatable,
+    /// Reason missing or too short (400).
+    ReasonTooShort,
+    /// Reason too long (400).
+    ReasonTooLong,
+    /// No scopes, too many, or malformed (400).
+    BadScopes,
+    /// A scope the environment does not offer (400).
+    UnknownScope(String),
+    /// Duration below [`MIN_DURATION`] (400).
+    DurationTooShort,
+}
+
+impl RequestRefusal {
+    /// Message for the caller.
+    pub fn message(&self, env: &str) -> String {
+        match self {
+            RequestRefusal::UnknownEnvironment => format!("there is no environment '{env}'"),
+            RequestRefusal::CrossEnvironment { own } => format!(
+                "an agent may ask for escalations only in its own environment ('{own}'), not '{env}'; \
+                 this attempt has been recorded"
+            ),
+            RequestRefusal::NotEscalatable => {
+                format!("your roles do not allow escalation requests for environment '{env}'")
+            }
+            RequestRefusal::ReasonTooShort => format!(
+                "give a reason of at least {MIN_REASON_CHARS} characters (what you will do, and the ticket)"
+            ),
+            RequestRefusal::ReasonTooLong => {
+                format!("the reason must be at most {MAX_REASON_CHARS} characters")
+            }
+            RequestRefusal::BadScopes => {
+                format!("name between 1 and {} scopes", super::MAX_SCOPES_PER_REQUEST)
+            }
+            RequestRefusal::UnknownScope(s) => format!("scope '{s}' does not exist in environment '{env}'"),
+            RequestRefusal::DurationTooShort => "the duration must be at least 1m".to_string(),
+        }
+    }
+
+    /// Audit reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RequestRefusal::UnknownEnvironment => "unknown_environment",
+            RequestRefusal::CrossEnvironment { .. } => "cross_environment_attempt",
+            RequestRefusal::NotEscalatable => "not_escalatable",
+            RequestRefusal::ReasonTooShort => "reason_too_short",
+            RequestRefusal::ReasonTooLong => "reason_too_long",
+            RequestRefusal::BadScopes => "bad_scopes",
+            RequestRefusal::UnknownScope(_) => "unknown_scope",
+            RequestRefusal::DurationTooShort => "duration_too_short",
+        }
+    }
+}
+
+/// What an accepted request becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPlan {
+    /// Granted duration: what was asked, capped by `max_grant_duration`.
+    pub duration: Duration,
+    /// Whether the asked duration was cut.
+    pub capped: bool,
+    /// Approved by policy at once (non-destructive scopes of a non-production environment
+    /// whose config says so).
+    pub auto_approve: bool,
+    /// Distinct approvals needed.
+    pub quorum: u32,
+    /// The pending deadline.
+    pub pending_timeout: Duration,
+}
+
+/// Decide whether `requester` may ask for `scopes` in `env` for `duration`.
+pub fn check_request(
+    settings: &Settings,
+    requester: &Requester,
+    env: &str,
+    scopes: &[String],
+    duration: Duration,
+    reason: &str,
+) -> Result<RequestPlan, RequestRefusal> {
+    let environment = settings
+        .environment(env)
+        .ok_or(RequestRefusal::UnknownEnvironment)?;
+    // SECURITY: invariant 2. Checked first, so an agent learns nothing else about another
+    // environment, and the attempt is recorded whatever else is wrong with it.
+    match requester {
+        Requester::Agent { environment: own, .. } | Requester::Delegated { environment: own, .. }
+            if own != env =>
+        {
+            return Err(RequestRefusal::CrossEnvironment { own: own.clone() });
+        }
+        Requester::Person { roles, .. } => {
+            let may = roles
+                .iter()
+                .filter_map(|r| settings.roles.get(r))
+                .any(|r| r.escalate.iter().any(|e| e == env));
+            if !may {
+                return Err(RequestRefusal::NotEscalatable);
+            }
+        }
+        _ => {}
+    }
+    let reason_chars = reason.trim().chars().count();
+    if reason_chars < MIN_REASON_CHARS {
+        return Err(RequestRefusal::ReasonTooShort);
+    }
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(RequestRefusal::ReasonTooLong);
+    }
+    if scopes.is_empty() || scopes.len() > super::MAX_SCOPES_PER_REQUEST {
+        return Err(RequestRefusal::BadScopes);
+    }
+    for (i, s) in scopes.iter().enumerate() {
+        if scopes[..i].contains(s) {
+            return Err(RequestRefusal::BadScopes);
+        }
+        if !settings.env_offers_scope(environment, s) {
+            return Err(RequestRefusal::UnknownScope(s.clone()));
+        }
+    }
+    if duration < MIN_DURATION {
+        return Err(RequestRefusal::DurationTooShort);
+    }
+    let approval = &environment.approval;
+    let granted = duration.min(approval.max_grant_duration);
+    // SECURITY: never auto-approve production or a destructive scope, whatever the
+    // config says (config validation refuses the first; this refuses both again).
+    let any_destructive = scopes.iter().any(|s| is_destructive(settings, s));
+    let auto_approve = approval.auto_approve && environment.tier != Tier::Prod && !any_destructive;
+    Ok(RequestPlan {
+        duration: granted,
+        capped: granted < duration,
+        auto_approve,
+        quorum: approval.quorum.max(1),
+        pending_timeout: approval.pending_timeout,
+    })
+}
+
+/// Whether `scope` is destructive in the catalogue (unknown scopes count as destructive).
+pub fn is_destructive(settings: &Settings, scope: &str) -> bool {
+    settings.scopes.get(scope).is_none_or(|s| s.destructive)
+}
+
+/// Why a person may not approve (or deny) a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalRefusal {
+    /// No approver role for the environment in effect.
+    NotApprover {
+        /// The role that approves there.
+        role: String,
+        /// They hold the role but it is not in effect (TOTP not enrolled or not used to sign in).
+        needs_totp: bool,
+    },
+    /// The requester themselves.
+    OwnRequest,
+}
+
+impl ApprovalRefusal {
+    /// Message for the person.
+    pub fn message(&self, env: &str) -> String {
+        match self {
+            ApprovalRefusal::NotApprover {
+                role,
+                needs_totp: true,
+            } => format!(
+                "your role '{role}' approves in '{env}' only once TOTP is enrolled and this session signed in \
+                 with a code (airlock totp enroll, then airlock step-up)"
+            ),
+            ApprovalRefusal::NotApprover {
+                role,
+                needs_totp: false,
+            } => {
+                format!("approving requests for '{env}' needs the '{role}' role, which you do not have")
+            }
+            ApprovalRefusal::OwnRequest => "you cannot decide your own request".to_string(),
+        }
+    }
+
+    /// Audit reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApprovalRefusal::NotApprover { .. } => "not_an_approver",
+            ApprovalRefusal::OwnRequest => "own_request",
+        }
+    }
+}
+
+/// Whether the person `user_id`, holding `all_roles` of which `effective_roles` are in
+/// effect, may approve or deny `escalation`.
+pub fn check_approver(
+    settings: &Settings,
+    escalation: &Escalation,
+    user_id: Uuid,
+    all_roles: &[String],
+    effective_roles: &[String],
+) -> Result<(), ApprovalRefusal> {
+    let role = settings
+        .environment(&escalation.environment)
+        .map(|e| e.approval.approver_role.clone())
+        .unwrap_or_default();
+    if role.is_empty() || !effective_roles.contains(&role) {
+        return Err(ApprovalRefusal::NotApprover {
+            needs_totp: !role.is_empty() && all_roles.contains(&role),
+            role,
+        });
+    }
+    if escalation.requester_kind == RequesterKind::Person && escalation.requester_user_id == Some(user_id) {
+        return Err(ApprovalRefusal::OwnRequest);
+    }
+    Ok(())
+}
+
+/// Whether the approvals by `approvers` (distinct user ids) complete a quorum of
+/// `quorum`, given the request's `sponsor`, who may approve but never be the only one.
+pub fn quorum_reached(quorum: u32, approvers: &[Uuid], sponsor: Option<Uuid>) -> bool {
+    let mut distinct: Vec<Uuid> = approvers.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    let someone_else = distinct.iter().any(|a| Some(*a) != sponsor);
+    distinct.len() >= quorum.max(1) as usize && someone_else
+}
+
+/// The scopes of a token request that need a grant: all of them in a prod-tier
+/// environment (invariant 3), the destructive ones anywhere (invariant 5).
+pub fn gated_scopes(settings: &Settings, env: &str, scopes: &[String]) -> Vec<String> {
+    let prod = settings.environment(env).is_none_or(|e| e.tier == Tier::Prod);
+    scopes
+        .iter()
+        .filter(|s| prod || is_destructive(settings, s))
+        .cloned()
+        .collect()
+}
+
+/// The grant that covers every scope in `needed` for a token minted at `at` by `actor`
+/// (the delegated process, if any). Among several, the one ending last. Grants of other
+/// holders or environments must already be filtered out by the caller; this checks again.
+pub fn covering_grant<'a>(
+    grants: &'a [Grant],
+    holder: &str,
+    env: &str,
+    needed: &[String],
+    actor: Option<&str>,
+    at: OffsetDateTime,
+) -> Option<&'a Grant> {
+    grants
+        .iter()
+        .filter(|g| g.holder == holder && g.environment == env && g.is_active(at))
+        .filter(|g| match &g.holder_actor {
+            None => true,
+            Some(only) => actor == Some(only.as_str()),
+        })
+        .filter(|g| needed.iter().all(|s| g.scopes.contains(s)))
+        .max_by_key(|g| g.ends_at)
+}
+
+/// Lifetime of a token minted under `grant` at `at`: the environment's lifetime, cut to
+/// the grant's end (invariant 6). Zero if the grant has ended.
+pub fn grant_token_lifetime(env_lifetime: Duration, grant: &Grant, at: OffsetDateTime) -> Duration {
+    let left = (grant.ends_at - at).whole_seconds().max(0) as u64;
+    env_lifetime.min(Duration::from_secs(left))
+}
+
+/// A grant for an escalation approved at `at`.
+pub fn grant_for(escalation: &Escalation, id: Uuid, at: OffsetDateTime) -> Grant {
+    Grant {
+        id,
+        escalation_id: escalation.id,
+        environment: escalation.environment.clone(),
+        scopes: escalation.scopes.clone(),
+        holder: escalation.holder.clone(),
+        holder_actor: escalation.holder_actor.clone(),
+        starts_at: at,
+        ends_at: at + time::Duration::seconds(escalation.duration_secs),
+        session_id: None,
+        revoked_at: None,
+        revoked_by: None,
+        revoked_reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+
+    fn settings() -> Settings {
+        Settings::load(&Sources::default()).unwrap()
+    }
+
+    fn person(roles: &[&str]) -> Requester {
+        Requester::Person {
+            user_id: Uuid::new_v4(),
+            username: "bob".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn scopes(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    const REASON: &str = "run migration 0042 (TICKET-118)";
+    const MIN30: Duration = Duration::from_secs(1800);
+
+    #[test]
+    fn an_agent_asks_only_in_its_own_environment() {
+        let s = settings();
+        let agent = Requester::Agent {
+            client_id: "agt_x".into(),
+            environment: "staging".into(),
+        };
+        assert!(check_request(&s, &agent, "staging", &scopes(&["db:drop"]), MIN30, REASON).is_ok());
+        // Refused as cross-environment even when everything else is wrong too.
+        assert_eq!(
+            check_request(&s, &agent, "prod", &[], Duration::ZERO, ""),
+            Err(RequestRefusal::CrossEnvironment {
+                own: "staging".into()
+            })
+        );
+        let delegated = Requester::Delegated {
+            user_id: Uuid::new_v4(),
+            username: "bob".into(),
+            actor: "process:claude".into(),
+            environment: "dev".into(),
+        };
+        assert_eq!(
+            check_request(&s, &delegated, "prod", &scopes(&["db:read"]), MIN30, REASON),
+            Err(RequestRefusal::CrossEnvironment { own: "dev".into() })
+        );
+    }
+
+    #[test]
+    fn a_person_asks_where_a_role_allows_with_a_reason_and_a_capped_duration() {
+        let s = settings();
+        let dev = person(&["developer"]);
+        let plan = check_request(
+            &s,
+            &dev,
+            "prod",
+            &scopes(&["db:write"]),
+            Duration::from_secs(86400),
+            REASON,
+        )
+        .unwrap();
+        assert_eq!(plan.duration, s.environments["prod"].approval.max_grant_duration);
+        assert!(plan.capped && !plan.auto_approve && plan.quorum >= 1);
+        assert_eq!(
+            check_request(
+                &s,
+                &person(&["approver"]),
+                "prod",
+                &scopes(&["db:write"]),
+                MIN30,
+                REASON
+            ),
+            Err(RequestRefusal::NotEscalatable)
+        );
+        for short in ["", "   fix it   ", "123456789"] {
+            assert_eq!(
+                check_request(&s, &dev, "prod", &scopes(&["db:write"]), MIN30, short),
+                Err(RequestRefusal::ReasonTooShort)
+            );
+        }
+        let long = "x".repeat(MAX_REASON_CHARS + 1);
+        assert_eq!(
+            check_request(&s, &dev, "prod", &scopes(&["db:write"]), MIN30, &long),
+            Err(RequestRefusal::ReasonTooLong)
+        );
+        assert_eq!(
+            check_request(&s, &dev, "prod", &scopes(&["db:nope"]), MIN30, REASON),
+            Err(RequestRefusal::UnknownScope("db:nope".into()))
+        );
+        assert_eq!(
+            check_request(&s, &dev, "prod", &scopes(&["db:read", "db:read"]), MIN30, REASON),
+            Err(RequestRefusal::BadScopes)
+        );
+        assert_eq!(
+            check_request(
+                &s,
+                &dev,
+                "prod",
+                &scopes(&["db:read"]),
+                Duration::from_secs(59),
+                REASON
+            ),
+            Err(RequestRefusal::DurationTooShort)
+        );
+        assert_eq!(
+            check_request(&s, &dev, "nowhere", &scopes(&["db:read"]), MIN30, REASON),
+            Err(RequestRefusal::UnknownEnvironment)
+        );
+    }
+
+    #[test]
+    fn auto_approval_never_covers_production_or_a_destructive_scope() {
+        let mut s = settings();
+        for env in s.environments.values_mut() {
+            // Bypass config validation on purpose: the policy must hold on its own.
+            env.approval.auto_approve = true;
+        }
+        let dev = person(&["developer"]);
+        let read = scopes(&["db:read"]);
+        assert!(
+            check_request(&s, &dev, "dev", &read, MIN30, REASON)
+                .unwrap()
+                .auto_approve
+        );
+        assert!(
+            !check_request(&s, &dev, "prod", &read, MIN30, REASON)
+                .unwrap()
+                .auto_approve
+        );
+        let drop = scopes(&["db:read", "db:drop"]);
+        assert!(
+            !check_request(&s, &dev, "dev", &drop, MIN30, REASON)
+                .unwrap()
+                .auto_approve
+        );
+    }
+
+    #[test]
+    fn a_quorum_counts_distinct_people_and_never_the_sponsor_alone() {
+        let (a, b, sponsor) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(!quorum_reached(1, &[], None));
+        assert!(quorum_reached(1, &[a], None));
+        assert!(!quorum_reached(2, &[a, a], None), "the same person twice is one");
+        assert!(quorum_reached(2, &[a, b], None));
+        assert!(
+            !quorum_reached(1, &[sponsor], Some(sponsor)),
+            "a sponsor is never alone"
+        );
+        assert!(quorum_reached(1, &[sponsor, a], Some(sponsor)));
+        assert!(!quorum_reached(0, &[], None), "a quorum of 0 still needs someone");
+    }
+
+    fn escalation(kind: RequesterKind, requester: Option<Uuid>) -> Escalation {
+        let at = OffsetDateTime::now_utc();
+        Escalation {
+            id: Uuid::new_v4(),
+            environment: "prod".into(),
+            scopes: scopes(&["db:write"]),
+            duration_secs: 600,
+            reason: REASON.into(),
+            requester_kind: kind,
+            requester: "bob".into(),
+            requester_user_id: requester,
+            sponsor: None,
+            sponsor_user_id: None,
+            holder: "user:x".into(),
+            holder_actor: None,
+            quorum: 1,
+            state: crate::domain::EscalationState::Pending,
+            created_at: at,
+            expires_at: at,
+            decided_at: None,
+            decided_by: None,
+            decision_reason: None,
+            approvals: vec![],
+        }
+    }
+
+    #[test]
+    fn only_an_approver_in_effect_who_did_not_ask_may_decide() {
+        let s = settings();
+        let bob = Uuid::new_v4();
+        let carol = Uuid::new_v4();
+        let e = escalation(RequesterKind::Person, Some(bob));
+        let approver = scopes(&["approver"]);
+        assert_eq!(check_approver(&s, &e, carol, &approver, &approver), Ok(()));
+        assert_eq!(
+            check_approver(&s, &e, bob, &approver, &approver),
+            Err(ApprovalRefusal::OwnRequest)
+        );
+        // Holding the role without TOTP in effect: refused, and told why.
+        let refusal = check_approver(&s, &e, carol, &approver, &[]).unwrap_err();
+        assert_eq!(
+            refusal,
+            ApprovalRefusal::NotApprover {
+                role: "approver".into(),
+                needs_totp: true
+            }
+        );
+        assert!(refusal.message("prod").contains("TOTP"));
+        let dev = scopes(&["developer"]);
+        assert!(matches!(
+            check_approver(&s, &e, carol, &dev, &dev),
+            Err(ApprovalRefusal::NotApprover {
+                needs_totp: false,
+                ..
+            })
+        ));
+    }
+
+    fn grant(holder: &str, env: &str, scopes_: &[&str], actor: Option<&str>, secs: i64) -> Grant {
+        let at = OffsetDateTime::now_utc();
+        Grant {
+            id: Uuid::new_v4(),
+            escalation_id: Uuid::new_v4(),
+            environment: env.into(),
+            scopes: scopes(scopes_),
+            holder: holder.into(),
+            holder_actor: actor.map(str::to_string),
+            starts_at: at - time::Duration::seconds(1),
+            ends_at: at + time::Duration::seconds(secs),
+            session_id: None,
+            revoked_at: None,
+            revoked_by: None,
+            revoked_reason: None,
+        }
+    }
+
+    #[test]
+    fn a_grant_covers_only_its_holder_environment_scopes_actor_and_time() {
+        let now = OffsetDateTime::now_utc();
+        let g = grant("user:bob", "prod", &["db:write", "db:read"], None, 600);
+        let gs = [g.clone()];
+        let need = scopes(&["db:write"]);
+        assert!(covering_grant(&gs, "user:bob", "prod", &need, None, now).is_some());
+        assert!(covering_grant(&gs, "user:bob", "prod", &need, Some("process:x"), now).is_some());
+        assert!(covering_grant(&gs, "user:eve", "prod", &need, None, now).is_none());
+        assert!(covering_grant(&gs, "user:bob", "staging", &need, None, now).is_none());
+        assert!(covering_grant(&gs, "user:bob", "prod", &scopes(&["db:drop"]), None, now).is_none());
+        let mut revoked = g.clone();
+        revoked.revoked_at = Some(now);
+        assert!(covering_grant(&[revoked], "user:bob", "prod", &need, None, now).is_none());
+        let ended = grant("user:bob", "prod", &["db:write"], None, -1);
+        assert!(covering_grant(&[ended], "user:bob", "prod", &need, None, now).is_none());
+        // A delegated process's grant covers that process only.
+        let delegated = [grant(
+            "user:bob",
+            "staging",
+            &["db:drop"],
+            Some("process:claude"),
+            600,
+        )];
+        let drop = scopes(&["db:drop"]);
+        assert!(
+            covering_grant(
+                &delegated,
+                "user:bob",
+                "staging",
+                &drop,
+                Some("process:claude"),
+                now
+            )
+            .is_some()
+        );
+        assert!(covering_grant(&delegated, "user:bob", "staging", &drop, None, now).is_none());
+        assert!(
+            covering_grant(
+                &delegated,
+                "user:bob",
+                "staging",
+                &drop,
+                Some("process:other"),
+                now
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn tokens_under_a_grant_end_with_it_and_gates_cover_prod_and_destructive() {
+        let now = OffsetDateTime::now_utc();
+        let g = grant("agent:x", "staging", &["db:drop"], None, 90);
+        let life = grant_token_lifetime(Duration::from_secs(600), &g, now);
+        assert!(life <= Duration::from_secs(90));
+        assert_eq!(
+            grant_token_lifetime(Duration::from_secs(30), &g, now),
+            Duration::from_secs(30)
+        );
+        let ended = grant("agent:x", "staging", &["db:drop"], None, -5);
+        assert_eq!(
+            grant_token_lifetime(Duration::from_secs(600), &ended, now),
+            Duration::ZERO
+        );
+        let s = settings();
+        assert_eq!(
+            gated_scopes(&s, "prod", &scopes(&["db:read", "db:drop"])),
+            scopes(&["db:read", "db:drop"])
+        );
+        assert_eq!(
+            gated_scopes(&s, "dev", &scopes(&["db:read", "db:drop"])),
+            scopes(&["db:drop"])
+        );
+        assert_eq!(
+            gated_scopes(&s, "nowhere", &scopes(&["db:read"])),
+            scopes(&["db:read"])
+        );
+    }
+}
