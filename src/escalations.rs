@@ -500,6 +500,11 @@ pub async fn get(
     if !may_view(state, principal, &e) {
         return Err(EscalationError::NotFound);
     }
+    // Overdue but not yet swept: expire it now (audited, once), so the answer is true.
+    if e.state == EscalationState::Pending && e.expires_at <= now() {
+        sweep(state, now()).await.map_err(store_err)?;
+        e = state.store.escalation(id).await.map_err(store_err)?;
+    }
     if let Some(wait) = wait.map(|w| w.min(MAX_WAIT)) {
         let deadline = tokio::time::Instant::now() + wait;
         while e.state == EscalationState::Pending && e.expires_at > now() {
@@ -512,6 +517,10 @@ pub async fn get(
                 _ = notified => {}
                 _ = tokio::time::sleep(left.min(WAIT_POLL)) => {}
             }
+            e = state.store.escalation(id).await.map_err(store_err)?;
+        }
+        if e.state == EscalationState::Pending && e.expires_at <= now() {
+            sweep(state, now()).await.map_err(store_err)?;
             e = state.store.escalation(id).await.map_err(store_err)?;
         }
     }

@@ -397,7 +397,9 @@ impl SessionClient {
         Ok(())
     }
 
-    /// Call `/v1/...` with the session; one refresh and retry on 401.
+    /// Call `/v1/...` with the session; one refresh and retry when the session token was
+    /// refused (401 `unauthenticated`). Any other 401, such as a wrong TOTP code, is
+    /// answered as it is: sending a code twice would count twice against the throttle.
     pub async fn call(
         &mut self,
         method: reqwest::Method,
@@ -419,7 +421,10 @@ impl SessionClient {
                 .map_err(|e| anyhow::anyhow!("cannot reach {}: {}", self.session.server, e.without_url()))?;
             let status = r.status();
             let bytes = r.bytes().await?;
-            if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+            let session_refused = status == reqwest::StatusCode::UNAUTHORIZED
+                && serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .is_ok_and(|v| v["error"]["code"] == "unauthenticated");
+            if session_refused && attempt == 0 {
                 self.refresh().await?;
                 continue;
             }

@@ -7,6 +7,7 @@
 mod agent;
 mod audit;
 mod config;
+mod escalate;
 mod people;
 mod run;
 mod serve;
@@ -84,6 +85,23 @@ pub enum Command {
     /// Store-direct administration.
     #[command(subcommand)]
     Admin(people::AdminCmd),
+    /// Ask for production or destructive access; a human approver must say yes.
+    ///
+    /// Exit codes with --wait: 0 approved, 3 denied, 4 expired, 5 cancelled, 130 after
+    /// Ctrl-C (the request stays pending), 69 if Airlock stayed unreachable, 1 otherwise.
+    Escalate(escalate::EscalateArgs),
+    /// List and show escalation requests.
+    #[command(subcommand)]
+    Escalations(escalate::EscalationsCmd),
+    /// Approve an escalation request (asks for your TOTP code).
+    Approve(escalate::ApproveArgs),
+    /// Deny an escalation request.
+    Deny(escalate::DenyArgs),
+    /// Withdraw a pending escalation request (yours, or as its sponsor or an admin).
+    Cancel(escalate::CancelArgs),
+    /// List and revoke grants (what approved requests give).
+    #[command(subcommand)]
+    Grants(escalate::GrantsCmd),
 }
 
 /// Run the parsed command; the process exit code.
@@ -115,6 +133,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::StepUp { code_stdin } => stepup::step_up(*code_stdin).await,
         Command::User(cmd) => people::user(cmd).await,
         Command::Admin(cmd) => people::admin(&cli, cmd).await,
+        Command::Escalate(args) => escalate::escalate(args).await,
+        Command::Escalations(cmd) => escalate::escalations(cmd).await,
+        Command::Approve(args) => escalate::approve(args).await,
+        Command::Deny(args) => escalate::deny(args).await,
+        Command::Cancel(args) => escalate::cancel(args).await,
+        Command::Grants(cmd) => escalate::grants(cmd).await,
     };
     match result {
         Ok(code) => code,

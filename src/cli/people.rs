@@ -50,6 +50,10 @@ pub struct TokenArgs {
     /// Print the whole token response as JSON.
     #[arg(long)]
     json: bool,
+    /// If Airlock asks for a fresh TOTP code (the first production token under a grant),
+    /// read it from standard input instead of the terminal.
+    #[arg(long)]
+    code_stdin: bool,
 }
 
 /// `airlock exec`.
@@ -331,8 +335,26 @@ pub(super) async fn whoami(json_out: bool) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) async fn token(args: &TokenArgs) -> anyhow::Result<ExitCode> {
+    use crate::client::ClientError;
     let mut c = SessionClient::load()?;
-    match c.exchange(&args.env, &args.scopes, None).await {
+    let mut result = c.exchange(&args.env, &args.scopes, None).await;
+    // The first production token under a grant needs a fresh TOTP code (RFC 9470's
+    // error): ask once, step up, and try once more.
+    if let Err(ClientError::Refused { error, .. }) = &result
+        && error == "insufficient_user_authentication"
+    {
+        eprintln!(
+            "Your first {} token under this grant needs a fresh code from your authenticator app.",
+            args.env
+        );
+        let code = super::escalate::read_code("Code from your authenticator app: ", args.code_stdin)?;
+        if let Err(e) = super::escalate::step_up(&code).await {
+            eprintln!("error: the step-up did not succeed: {e:#}");
+            return Ok(ExitCode::from(super::escalate::exit_code_of(&e)));
+        }
+        result = c.exchange(&args.env, &args.scopes, None).await;
+    }
+    match result {
         Ok(t) => {
             if args.json {
                 print_json(&json!({

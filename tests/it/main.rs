@@ -4,6 +4,7 @@
 mod browser;
 mod cli;
 mod contract;
+mod escalation_cli;
 mod escalation_store;
 mod escalation_support;
 mod failclosed;
