@@ -1,5 +1,6 @@
-//! The web pages people use: sign-in, device approval (RFC 8628 section 3.3) and TOTP
-//! enrolment. Rendered on the server, with no JavaScript at all, plain enough for a phone.
+//! The web pages people use: sign-in, device approval (RFC 8628 section 3.3), TOTP
+//! enrolment and the escalation approvals page ([`approvals`]). Rendered on the server,
+//! with no JavaScript at all, plain enough for a phone.
 //!
 //! SECURITY, in one place:
 //! - Cookies are `HttpOnly; SameSite=Strict; Path=/; Secure` and `__Host-` prefixed. The
@@ -33,6 +34,8 @@ use zeroize::Zeroizing;
 use crate::app::AppState;
 use crate::people::{self, Authenticated, DeviceError, ManageError, SessionError, SignInError};
 
+mod approvals;
+
 /// The only stylesheet (the CSP forbids inline styles).
 const STYLESHEET: &str = include_str!("web/airlock.css");
 
@@ -56,6 +59,10 @@ const MAX_FIELDS: usize = 16;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/device", get(show_device).post(decide_device))
+        .route(
+            "/approvals",
+            get(approvals::show_approvals).post(approvals::decide_escalation),
+        )
         .route("/login", get(|| async { see_other("device") }).post(sign_in))
         .route("/logout", post(sign_out))
         .route("/totp", get(show_totp).post(activate_totp))
@@ -204,12 +211,14 @@ async fn decide_device(State(state): State<AppState>, headers: HeaderMap, body: 
 enum Next {
     Device,
     Totp,
+    Approvals,
 }
 
 impl Next {
     fn parse(raw: Option<&str>) -> Next {
         match raw {
             Some("totp") => Next::Totp,
+            Some("approvals") => Next::Approvals,
             _ => Next::Device,
         }
     }
@@ -218,6 +227,7 @@ impl Next {
         match self {
             Next::Device => "device",
             Next::Totp => "totp",
+            Next::Approvals => "approvals",
         }
     }
 }
@@ -283,6 +293,7 @@ async fn sign_in(
     };
     let location = match (next, user_code) {
         (Next::Totp, _) => "totp".to_owned(),
+        (Next::Approvals, _) => "approvals".to_owned(),
         (Next::Device, Some(code)) => format!("device?user_code={code}"),
         (Next::Device, None) => "device".to_owned(),
     };
@@ -453,6 +464,10 @@ fn sign_in_page(state: &AppState, headers: &HeaderMap, f: SignInForm) -> Respons
     let lead = match f.next {
         Next::Device => "Sign in to approve the sign-in your terminal asked for.",
         Next::Totp => "Sign in to set up your authenticator app.",
+        Next::Approvals => {
+            "Sign in to review requests for production or destructive access. \
+             To approve, sign in with your authenticator code."
+        }
     };
     let mut body = format!("<p>{}</p>\n", escape(lead));
     if let Some(code) = &f.user_code {
@@ -685,6 +700,12 @@ impl Nav {
 /// A whole HTML document. Links are relative, so the pages also work behind a proxy
 /// that serves Airlock under a path prefix.
 fn html(status: StatusCode, title: &str, nav: Option<&Nav>, body: &str) -> Response {
+    document(status, title, nav, body, false)
+}
+
+/// [`html`], with room for a list (`wide`) or a single narrow form.
+fn document(status: StatusCode, title: &str, nav: Option<&Nav>, body: &str, wide: bool) -> Response {
+    let main = if wide { "<main class=\"wide\">" } else { "<main>" };
     let header_right = match nav {
         Some(n) => format!(
             r#"<form method="post" action="logout" id="sign-out">
@@ -709,7 +730,7 @@ fn html(status: StatusCode, title: &str, nav: Option<&Nav>, body: &str) -> Respo
 </head>
 <body>
 <header><span class="brand">Airlock</span>{header_right}</header>
-<main>
+{main}
 <h1>{title}</h1>
 {body}</main>
 </body>
@@ -771,6 +792,15 @@ impl CookiePolicy {
             "__Host-airlock_csrf"
         } else {
             "airlock_csrf"
+        }
+    }
+
+    /// The one-shot message the approvals page shows after a POST.
+    fn flash_name(self) -> &'static str {
+        if self.secure {
+            "__Host-airlock_flash"
+        } else {
+            "airlock_flash"
         }
     }
 

@@ -1,6 +1,7 @@
-//! The web pages: sign-in, device approval and TOTP enrolment, in a real headless
-//! Chromium driven over WebDriver (fantoccini + Debian's `chromedriver`), and their
-//! security measures (headers, cookies, CSRF) checked at the HTTP level with reqwest.
+//! The web pages: sign-in, device approval, TOTP enrolment and the escalation approvals
+//! page, in a real headless Chromium driven over WebDriver (fantoccini + Debian's
+//! `chromedriver`), and their security measures (headers, cookies, CSRF) checked at the
+//! HTTP level with reqwest.
 //!
 //! Browser tests are skipped with a notice when `/usr/bin/chromedriver` is missing,
 //! unless `AIRLOCK_REQUIRE_BROWSER=1` (CI) turns the skip into a failure. Set
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::escalation_support as support;
 use crate::harness::{Backend, TestApp, spawn_app, spawn_app_with};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -40,6 +42,9 @@ crate::both_backends!(
     pages_send_strict_headers_and_cookies_and_refuse_posts_without_csrf,
     cookies_are_secure_and_host_prefixed_unless_public_url_is_plain_http_on_loopback,
     a_throttled_sign_in_says_when_to_retry_and_oversized_forms_are_refused,
+    carol_approves_bobs_prod_request_in_the_browser_and_his_waiting_cli_returns,
+    who_may_not_approve_sees_why_and_an_approver_denies_with_a_reason,
+    the_approvals_page_checks_csrf_escapes_text_and_redirects_after_each_decision,
 );
 
 // --- the browser ----------------------------------------------------------------------
@@ -951,4 +956,512 @@ async fn a_throttled_sign_in_says_when_to_retry_and_oversized_forms_are_refused(
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+// --- the approvals page ------------------------------------------------------------------
+
+/// The reason bob gives in the approvals tests.
+const MIGRATION: &str = "run migration 0042 (TICKET-118)";
+
+/// A person with `roles` and TOTP enrolled, signed in nowhere yet, so their next two
+/// codes come without waiting for the clock.
+async fn enrolled(app: &TestApp, username: &str, roles: &[&str]) -> support::Person {
+    let user = people::create_user(
+        &app.state,
+        "test",
+        username,
+        &SecretString::from(support::PASSWORD),
+        roles.iter().map(|r| r.to_string()).collect(),
+    )
+    .await
+    .expect("person created");
+    let enrolment = people::totp_begin(&app.state, &user).await.expect("totp begin");
+    let secret = BASE32_NOPAD
+        .decode(enrolment.secret.as_bytes())
+        .expect("base32 secret");
+    let pending = people::find_user(&app.state, username).await.expect("person");
+    let step = step_at(unix_now()) - 1;
+    people::totp_activate(&app.state, &pending, &code_at(&secret, step))
+        .await
+        .expect("totp activated");
+    support::Person {
+        user: people::find_user(&app.state, username).await.expect("person"),
+        secret,
+        next_step: step + 1,
+        token: String::new(),
+    }
+}
+
+/// A well-formed code of `p`'s that the server does not accept now.
+fn wrong_code(p: &support::Person) -> String {
+    let now = step_at(unix_now());
+    let valid: Vec<String> = (now - 2..=now + 2).map(|s| code_at(&p.secret, s)).collect();
+    (0..)
+        .map(|i| format!("{:06}", (123_456 + i * 7_919) % 1_000_000))
+        .find(|c| !valid.contains(c))
+        .expect("a wrong code")
+}
+
+/// A developer without TOTP (developers may ask for prod escalations).
+async fn developer(app: &TestApp, username: &str) {
+    people::create_user(
+        &app.state,
+        "test",
+        username,
+        &SecretString::from(support::PASSWORD),
+        vec!["developer".into()],
+    )
+    .await
+    .expect("person created");
+}
+
+/// A CLI session token of a person without TOTP.
+async fn session_token(app: &TestApp, username: &str) -> String {
+    let r = app
+        .client
+        .post(app.url("/v1/sessions"))
+        .json(&json!({ "username": username, "password": support::PASSWORD }))
+        .send()
+        .await
+        .expect("sign-in");
+    let (status, body) = support::status_json(r).await;
+    assert_eq!(status, StatusCode::OK, "sign-in of {username}: {body}");
+    str_of(&body, "access_token").to_string()
+}
+
+/// The `airlock` binary in a terminal of its own (`home`), talking to `app`.
+fn terminal(app: &TestApp, home: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(TestApp::bin());
+    cmd.env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("TMPDIR", std::env::temp_dir())
+        .env("AIRLOCK_SERVER", &app.base)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Read a child's output to the end in the background.
+fn drain(out: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut text = String::new();
+        let mut out = out;
+        let _ = out.read_to_string(&mut text).await;
+        text
+    })
+}
+
+/// The id of the only pending request, once there is one.
+async fn pending_request(app: &TestApp) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pending = app
+            .store()
+            .escalations(&airlock::store::EscalationFilter {
+                state: Some(airlock::domain::EscalationState::Pending),
+                environment: None,
+                limit: 10,
+            })
+            .await
+            .expect("escalations");
+        if let [only] = pending.as_slice() {
+            return only.id.to_string();
+        }
+        assert!(pending.len() < 2, "more than one pending request");
+        assert!(Instant::now() < deadline, "no request was made");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sign out with the header's button.
+async fn sign_out(c: &Client) {
+    click(c, "#sign-out button").await;
+    wait_for_text(c, "#result", "signed out").await;
+}
+
+/// Whether the page has an element for `css` right now.
+async fn present(c: &Client, css: &str) -> bool {
+    c.find(Locator::Css(css)).await.is_ok()
+}
+
+/// `GET /approvals` with `cookies`: the page, and the flash cookie it sets (clears).
+async fn approvals_page(app: &TestApp, cookies: String) -> (String, Option<String>) {
+    let r = app
+        .client
+        .get(app.url("/approvals"))
+        .header("cookie", cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_page_headers(r.headers());
+    let cleared = set_cookie(r.headers(), "airlock_flash");
+    (r.text().await.unwrap(), cleared)
+}
+
+async fn carol_approves_bobs_prod_request_in_the_browser_and_his_waiting_cli_returns(backend: Backend) {
+    // Arrange: bob signed in on the CLI; carol, an approver with TOTP.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let c = &browser.client;
+    developer(&app, "bob").await;
+    let mut carol = enrolled(&app, "carol", &["approver"]).await;
+    let home = tempfile::tempdir().expect("home");
+    let mut login = terminal(
+        &app,
+        home.path(),
+        &["login", "--password", "--username", "bob", "--password-stdin"],
+    )
+    .spawn()
+    .expect("airlock login");
+    let mut stdin = login.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{}\n", support::PASSWORD).as_bytes())
+        .await
+        .expect("password");
+    drop(stdin);
+    let login = tokio::time::timeout(Duration::from_secs(60), login.wait_with_output())
+        .await
+        .expect("airlock login finishes")
+        .expect("airlock login runs");
+    assert!(
+        login.status.success(),
+        "airlock login: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+
+    // Act: bob asks for prod and waits; carol signs in, reads the request, approves.
+    let mut escalate = terminal(
+        &app,
+        home.path(),
+        &[
+            "escalate",
+            "--env",
+            "prod",
+            "--scope",
+            "db:write",
+            "--duration",
+            "30m",
+            "--reason",
+            MIGRATION,
+            "--wait",
+        ],
+    )
+    .spawn()
+    .expect("airlock escalate");
+    drop(escalate.stdin.take());
+    let stdout = drain(escalate.stdout.take().expect("stdout"));
+    let stderr = drain(escalate.stderr.take().expect("stderr"));
+    let id = pending_request(&app).await;
+    c.goto(&app.url("/approvals")).await.expect("open page");
+    let code = carol.code().await;
+    sign_in(c, "carol", support::PASSWORD, Some(&code)).await;
+    let card = format!("#req-{id}");
+    assert_eq!(text_of(c, &format!("{card} .requester")).await, "bob");
+    let env = text_of(c, &format!("{card} .environment")).await;
+    assert!(env.to_lowercase().contains("prod production"), "{env}");
+    assert_eq!(text_of(c, &format!("{card} .scopes")).await, "db:write");
+    assert!(!present(c, &format!("{card} .destructive")).await);
+    assert_eq!(text_of(c, &format!("{card} .duration")).await, "30 minutes");
+    assert_eq!(text_of(c, &format!("{card} .reason")).await, MIGRATION);
+    assert_eq!(text_of(c, &format!("{card} .approvals")).await, "0 of 1");
+    let age = text_of(c, &format!("{card} .age")).await;
+    assert!(age.contains("expires in"), "{age}");
+    maybe_screenshot(c, &format!("approvals-{backend:?}").to_lowercase()).await;
+    fill(c, &format!("#code-{id}"), &carol.code().await).await;
+    click(c, &format!("#approve-{id} button")).await;
+    let flash = wait_for_text(c, "#flash", "Approved").await;
+
+    // Assert: the page says so, and bob's waiting command returns with the news.
+    assert!(
+        flash.starts_with("Approved bob's request for db:write in prod. The grant lasts until "),
+        "{flash}"
+    );
+    let outcome = text_of(c, &format!("#recent #outcome-{id}")).await;
+    assert!(outcome.starts_with("Approved by carol"), "{outcome}");
+    assert!(!present(c, &format!("#pending {card}")).await);
+    let status = tokio::time::timeout(Duration::from_secs(60), escalate.wait())
+        .await
+        .expect("airlock escalate returns after the approval")
+        .expect("wait");
+    let (stdout, stderr) = (stdout.await.unwrap_or_default(), stderr.await.unwrap_or_default());
+    assert!(status.success(), "airlock escalate: {status}\n{stdout}\n{stderr}");
+    let said = format!("{stdout}\n{stderr}");
+    assert!(said.contains(&id), "the request id was not printed:\n{said}");
+    assert!(said.contains("Approved by carol."), "{said}");
+    // Reloading the page shows the state and decides nothing again.
+    c.refresh().await.expect("reload");
+    element(c, &format!("#recent {card}")).await;
+    assert!(!present(c, "#flash").await);
+    browser.close().await;
+}
+
+async fn who_may_not_approve_sees_why_and_an_approver_denies_with_a_reason(backend: Backend) {
+    // Arrange: bob's request with a destructive scope and markup in its reason.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let c = &browser.client;
+    developer(&app, "bob").await;
+    let bob = session_token(&app, "bob").await;
+    let mut erin = enrolled(&app, "erin", &["admin"]).await;
+    let mut carol = enrolled(&app, "carol", &["approver"]).await;
+    people::create_user(
+        &app.state,
+        "test",
+        "dave",
+        &SecretString::from(support::PASSWORD),
+        vec!["approver".into()],
+    )
+    .await
+    .expect("dave created");
+    let reason = r#"<b>drop</b> the "old" tables & vacuum (TICKET-7)"#;
+    let (status, body) = support::request(&app, &bob, "prod", &["db:write", "db:drop"], "2h", reason).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = str_of(&body, "id").to_string();
+    let card = format!("#req-{id}");
+
+    // Act + Assert: an admin without the approver role sees the request and why she may
+    // not decide it, and no buttons.
+    c.goto(&app.url("/approvals")).await.expect("open page");
+    let code = erin.code().await;
+    sign_in(c, "erin", support::PASSWORD, Some(&code)).await;
+    assert_eq!(
+        text_of(c, &format!("#why-{id}")).await,
+        "Approving requests for 'prod' needs the 'approver' role, which you do not have."
+    );
+    assert!(!present(c, &format!("#approve-{id}")).await);
+    assert!(!present(c, &format!("#deny-{id}")).await);
+    assert_eq!(text_of(c, &format!("{card} .reason")).await, reason);
+    let destructive = text_of(c, &format!("{card} .destructive")).await;
+    assert!(
+        destructive.to_lowercase() == "db:drop destructive",
+        "{destructive}"
+    );
+    // The duration was cut to prod's max_grant_duration.
+    assert_eq!(text_of(c, &format!("{card} .duration")).await, "1 hour");
+    sign_out(c).await;
+
+    // bob sees his own request, and that he cannot decide it.
+    c.goto(&app.url("/approvals")).await.expect("open page");
+    sign_in(c, "bob", support::PASSWORD, None).await;
+    assert_eq!(
+        text_of(c, &format!("#why-{id}")).await,
+        "You cannot decide your own request."
+    );
+    element(c, "#not-an-approver").await;
+    sign_out(c).await;
+
+    // dave holds the approver role but has no authenticator app: the role is not in
+    // effect, he sees no request, and the page says what to do.
+    c.goto(&app.url("/approvals")).await.expect("open page");
+    sign_in(c, "dave", support::PASSWORD, None).await;
+    let notice = wait_for_text(c, "#role-needs-totp", "authenticator page").await;
+    assert!(
+        notice.starts_with("Your role approver approves requests for dev, prod, staging only"),
+        "{notice}"
+    );
+    element(c, "#none-pending").await;
+    assert!(!present(c, &card).await);
+    sign_out(c).await;
+
+    // With a code she may deny; a reason is required.
+    c.goto(&app.url("/approvals")).await.expect("open page");
+    let code = carol.code().await;
+    sign_in(c, "carol", support::PASSWORD, Some(&code)).await;
+    element(c, &format!("#approve-{id}")).await;
+    fill(c, &format!("#reason-{id}"), "not during the release freeze").await;
+    click(c, &format!("#deny-{id} button")).await;
+    let flash = wait_for_text(c, "#flash", "Denied").await;
+    assert_eq!(
+        flash,
+        "Denied bob's request for db:write, db:drop in prod. The requester can see your reason."
+    );
+    let outcome = text_of(c, &format!("#outcome-{id}")).await;
+    assert!(
+        outcome.starts_with("Denied by carol: not during the release freeze"),
+        "{outcome}"
+    );
+    click(c, &format!("#history-{id} summary")).await;
+    let history = wait_for_text(c, &format!("#history-{id} ol"), "denied by carol").await;
+    assert!(history.contains("asked by"), "{history}");
+    maybe_screenshot(c, &format!("approvals-denied-{backend:?}").to_lowercase()).await;
+    let (_, shown) = support::show(&app, &bob, &id, None).await;
+    assert_eq!(shown["state"], "denied", "{shown}");
+    browser.close().await;
+}
+
+async fn the_approvals_page_checks_csrf_escapes_text_and_redirects_after_each_decision(backend: Backend) {
+    // Arrange: a request whose reason is markup; carol signs in over plain HTTP.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let http = &app.client;
+    developer(&app, "bob").await;
+    let bob = session_token(&app, "bob").await;
+    let mut carol = enrolled(&app, "carol", &["approver"]).await;
+    let reason = r#"<script>alert("x")</script> run migration 0042"#;
+    let (status, body) = support::request(&app, &bob, "prod", &["db:write"], "30m", reason).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = str_of(&body, "id").to_string();
+    let still_pending = || async {
+        let (_, shown) = support::show(&app, &bob, &id, None).await;
+        shown["state"] == "pending"
+    };
+
+    let r = http.get(app.url("/approvals")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_page_headers(r.headers());
+    let csrf_cookie = cookie_pair(&set_cookie(r.headers(), "airlock_csrf").expect("a CSRF cookie"));
+    let page = r.text().await.unwrap();
+    assert!(page.contains("id=\"sign-in\""), "{page}");
+    assert_eq!(hidden(&page, "next"), "approvals");
+    let code = carol.code().await;
+    let r = http
+        .post(app.url("/login"))
+        .header("cookie", &csrf_cookie)
+        .form(&[
+            ("csrf", hidden(&page, "csrf").as_str()),
+            ("next", "approvals"),
+            ("username", "carol"),
+            ("password", support::PASSWORD),
+            ("code", code.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "approvals");
+    let session = cookie_pair(&set_cookie(r.headers(), "airlock_web").expect("a session cookie"));
+
+    // Act + Assert: the page escapes the reason and carries the session's CSRF token.
+    let (page, _) = approvals_page(&app, session.clone()).await;
+    assert_no_inline_script_or_style(&page);
+    assert!(page.contains(&format!("id=\"req-{id}\"")), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; run migration 0042"),
+        "{page}"
+    );
+    let token = hidden(&page, "csrf");
+    assert_eq!(token.len(), 64);
+    let decide = |fields: Vec<(&'static str, String)>| {
+        http.post(app.url("/approvals"))
+            .header("cookie", &session)
+            .form(&fields)
+            .send()
+    };
+    let approve = |csrf: Option<&str>, code: &str| {
+        let mut f = vec![
+            ("id", id.clone()),
+            ("decision", "approve".to_string()),
+            ("code", code.to_string()),
+        ];
+        if let Some(t) = csrf {
+            f.push(("csrf", t.to_string()));
+        }
+        f
+    };
+
+    // Without the CSRF token, or with another one: 403, nothing decided.
+    for csrf in [None, Some("0".repeat(64))] {
+        let r = decide(approve(csrf.as_deref(), "123456")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "csrf {csrf:?}");
+        assert_page_headers(r.headers());
+        assert!(still_pending().await);
+    }
+
+    // A wrong code: back to the page (303), which says so once.
+    let r = decide(approve(Some(&token), &wrong_code(&carol))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "approvals");
+    let flash = set_cookie(r.headers(), "airlock_flash").expect("a flash cookie");
+    for attr in ["; HttpOnly", "; SameSite=Strict", "; Path=/", "; Max-Age=60"] {
+        assert!(flash.contains(attr), "{flash}");
+    }
+    let (page, cleared) = approvals_page(&app, format!("{session}; {}", cookie_pair(&flash))).await;
+    assert!(
+        page.contains("That code is wrong or was already used; wait for the next one. Nothing was approved."),
+        "{page}"
+    );
+    assert!(cleared.is_some_and(|c| c.contains("Max-Age=0")));
+    assert!(still_pending().await);
+
+    // A flash message nobody sealed for this session is not shown.
+    let forged = format!(
+        "airlock_flash={}.{}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            "nApproved everything"
+        ),
+        "0".repeat(64)
+    );
+    let (page, _) = approvals_page(&app, format!("{session}; {forged}")).await;
+    assert!(!page.contains("Approved everything"));
+    assert!(!page.contains("id=\"flash\""));
+
+    // The right code approves; the page shows it once.
+    let r = decide(approve(Some(&token), &carol.code().await)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let flash = cookie_pair(&set_cookie(r.headers(), "airlock_flash").expect("a flash cookie"));
+    let (page, _) = approvals_page(&app, format!("{session}; {flash}")).await;
+    assert!(
+        page.contains("Approved bob&#39;s request for db:write in prod."),
+        "{page}"
+    );
+    assert!(!still_pending().await);
+
+    // Sending the form again decides nothing and says why (the API's 409).
+    let r = decide(approve(Some(&token), "123456")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let flash = cookie_pair(&set_cookie(r.headers(), "airlock_flash").expect("a flash cookie"));
+    let (page, _) = approvals_page(&app, format!("{session}; {flash}")).await;
+    assert!(
+        page.contains(&format!("Request {id} is approved; it can no longer be decided.")),
+        "{page}"
+    );
+
+    // A denial without a reason is refused with a readable message.
+    let (status, body) = support::request(&app, &bob, "prod", &["db:read"], "30m", MIGRATION).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let other = str_of(&body, "id").to_string();
+    let r = decide(vec![
+        ("csrf", token.clone()),
+        ("id", other.clone()),
+        ("decision", "deny".into()),
+        ("reason", "  ".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let flash = cookie_pair(&set_cookie(r.headers(), "airlock_flash").expect("a flash cookie"));
+    let (page, _) = approvals_page(&app, format!("{session}; {flash}")).await;
+    assert!(page.contains("Give a reason for the denial."), "{page}");
+
+    // Forms are bounded like every other page's.
+    let limit = app.state.settings.limits.max_body_bytes;
+    let r = decide(vec![
+        ("csrf", token.clone()),
+        ("id", other.clone()),
+        ("decision", "deny".into()),
+        ("reason", "a".repeat(limit)),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, shown) = support::show(&app, &bob, &other, None).await;
+    assert_eq!(shown["state"], "pending");
 }
