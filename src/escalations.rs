@@ -772,12 +772,17 @@ pub async fn cancel(
         return Err(not_pending(&e));
     }
     let actor = principal.actor();
+    // Recorded as deciders are elsewhere: a person by name, an agent by its actor.
+    let by = match principal {
+        Principal::Person(auth) => auth.user.username.clone(),
+        Principal::Agent(_) => actor.clone(),
+    };
     let event = NewAuditEvent::new("escalation.cancelled", actor.clone(), Outcome::Success)
         .env(e.environment.clone())
         .subject(e.id.to_string());
     let e = match state
         .store
-        .finish_escalation(id, EscalationState::Cancelled, &actor, None, now(), event)
+        .finish_escalation(id, EscalationState::Cancelled, &by, None, now(), event)
         .await
     {
         Ok(e) => e,

@@ -147,51 +147,8 @@ pub async fn client_credentials(
             .detail("reason", reason.to_string())
             .detail("requested", requested_for_audit(&state.settings, scope))
     };
-    let (scopes, grant) = match policy::agent_scopes(&state.settings, env, &agent, scope) {
-        Ok(s) => (s, None),
-        // Invariant 5: a destructive scope needs an active grant held by this agent that
-        // covers every destructive scope asked for. The other scopes must be the agent's
-        // own or covered by the same grant.
-        Err(ScopeRefusal::Destructive(_)) => {
-            let wanted = match scope {
-                Some(raw) => policy::parse_scope_param(raw).unwrap_or_default(),
-                None => agent.default_scopes.clone(),
-            };
-            let needed = crate::policy::escalation::gated_scopes(&state.settings, env_name, &wanted);
-            let needed: Vec<String> = needed
-                .into_iter()
-                .filter(|s| crate::policy::escalation::is_destructive(&state.settings, s))
-                .collect();
-            let holder = crate::domain::agent_holder(&agent.client_id);
-            let grant = crate::escalations::covering_grant(state, &holder, env_name, &needed, None)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = ?e, "grant look-up failed");
-                    OAuthError::Unavailable
-                })?;
-            let Some(grant) = grant else {
-                let refusal = ScopeRefusal::Destructive(needed.join(" "));
-                return Err(refuse(
-                    state,
-                    refused(refusal.reason()),
-                    OAuthError::AccessDenied(refusal.description(env_name)),
-                )
-                .await);
-            };
-            if let Some(other) = wanted
-                .iter()
-                .find(|s| !grant.scopes.contains(s) && !agent.allowed_scopes.contains(s))
-            {
-                let refusal = ScopeRefusal::NotAllowed(other.clone());
-                return Err(refuse(
-                    state,
-                    refused(refusal.reason()),
-                    OAuthError::InvalidScope(refusal.description(env_name)),
-                )
-                .await);
-            }
-            (wanted, Some(grant))
-        }
+    let plan = match policy::agent_scope_plan(&state.settings, env, &agent, scope) {
+        Ok(p) => p,
         Err(refusal) => {
             return Err(refuse(
                 state,
@@ -201,6 +158,50 @@ pub async fn client_credentials(
             .await);
         }
     };
+    // Invariant 5: a destructive scope (or one the agent does not have by itself) needs
+    // an active grant held by this agent that covers every such scope asked for.
+    let holder = crate::domain::agent_holder(&agent.client_id);
+    let mut plan = plan;
+    let grant = if plan.needs_grant.is_empty() {
+        if scope.is_some() {
+            None
+        } else {
+            // No scope asked: the agent's defaults, plus what its active grant (the one
+            // ending last) gives, so an agent under `airlock agent run` gets an approved
+            // scope at its next refresh, until the grant ends.
+            let found = crate::escalations::covering_grant(state, &holder, env_name, &[], None)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = ?e, "grant look-up failed");
+                    OAuthError::Unavailable
+                })?;
+            if let Some(g) = &found {
+                for s in &g.scopes {
+                    if !plan.wanted.contains(s) {
+                        plan.wanted.push(s.clone());
+                    }
+                }
+            }
+            found
+        }
+    } else {
+        let found = crate::escalations::covering_grant(state, &holder, env_name, &plan.needs_grant, None)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = ?e, "grant look-up failed");
+                OAuthError::Unavailable
+            })?;
+        if found.is_none() {
+            let refusal = policy::agent_refusal(&state.settings, &plan.needs_grant);
+            let error = match refusal {
+                ScopeRefusal::Destructive(_) => OAuthError::AccessDenied(refusal.description(env_name)),
+                _ => OAuthError::InvalidScope(refusal.description(env_name)),
+            };
+            return Err(refuse(state, refused(refusal.reason()), error).await);
+        }
+        found
+    };
+    let scopes = plan.wanted;
 
     let at = now();
     let mut lifetime = policy::token_lifetime(env);

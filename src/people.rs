@@ -833,45 +833,8 @@ pub async fn exchange(
             .map(|_| ())
             .map_err(|_| OAuthError::Unavailable)
     };
-    let (scopes, grant) = match policy::human_scopes(&state.settings, env, env_name, &roles, req.scope) {
-        Ok(s) => (s, None),
-        Err(HumanRefusal::NeedsEscalation(gated)) => {
-            let prod = env.tier == crate::config::Tier::Prod;
-            // In production every scope is gated; elsewhere only the destructive ones are,
-            // and the rest must come from the person's roles (or the same grant).
-            let wanted = if prod {
-                gated.clone()
-            } else {
-                policy::parse_scope_param(req.scope.unwrap_or_default()).unwrap_or_default()
-            };
-            let holder = crate::domain::person_holder(user.id);
-            let actor_sub = act.as_ref().map(|a| a.sub.as_str());
-            let grant = crate::escalations::covering_grant(state, &holder, env_name, &gated, actor_sub)
-                .await
-                .map_err(|_| OAuthError::Unavailable)?;
-            let Some(grant) = grant else {
-                let refusal = HumanRefusal::NeedsEscalation(gated);
-                audit(refuse("needs_escalation").detail("requested", known_scopes(state, &wanted.join(" "))))
-                    .await?;
-                return Err(refusal_error(&refusal, env_name));
-            };
-            let rest: Vec<String> = wanted
-                .iter()
-                .filter(|s| !grant.scopes.contains(s))
-                .cloned()
-                .collect();
-            if !rest.is_empty()
-                && let Err(refusal) =
-                    policy::human_scopes(&state.settings, env, env_name, &roles, Some(&rest.join(" ")))
-            {
-                audit(refuse(refusal.reason())).await?;
-                return Err(refusal_error(&refusal, env_name));
-            }
-            if prod {
-                bind_prod_grant(state, &auth, &grant, &refuse).await?;
-            }
-            (wanted, Some(grant))
-        }
+    let plan = match policy::human_scope_plan(&state.settings, env, env_name, &roles, req.scope) {
+        Ok(p) => p,
         Err(refusal) => {
             let event =
                 refuse(refusal.reason()).detail("requested", req.scope.map(|s| known_scopes(state, s)));
@@ -879,6 +842,29 @@ pub async fn exchange(
             return Err(refusal_error(&refusal, env_name));
         }
     };
+    // Invariants 3 and 5: production, a destructive scope, or anything the roles do not
+    // give needs an active grant of this person covering all of it.
+    let grant = if plan.needs_grant.is_empty() {
+        None
+    } else {
+        let holder = crate::domain::person_holder(user.id);
+        let actor_sub = act.as_ref().map(|a| a.sub.as_str());
+        let found =
+            crate::escalations::covering_grant(state, &holder, env_name, &plan.needs_grant, actor_sub)
+                .await
+                .map_err(|_| OAuthError::Unavailable)?;
+        let Some(grant) = found else {
+            let refusal = policy::human_refusal(&state.settings, env, env_name, &roles, &plan.needs_grant);
+            audit(refuse(refusal.reason()).detail("requested", known_scopes(state, &plan.wanted.join(" "))))
+                .await?;
+            return Err(refusal_error(&refusal, env_name));
+        };
+        if env.tier == crate::config::Tier::Prod {
+            bind_prod_grant(state, &auth, &grant, &refuse).await?;
+        }
+        Some(grant)
+    };
+    let scopes = plan.wanted;
     let at = now();
     let mut lifetime = policy::token_lifetime(env).min(Duration::from_secs(
         (auth.session.expires_at - at).whole_seconds().max(0) as u64,

@@ -64,7 +64,7 @@ pub enum ScopeRefusal {
     Malformed,
     /// Not in the catalogue, or not offered in this environment.
     Unknown(String),
-    /// Marked destructive: needs an approved escalation.
+    /// Marked destructive: needs an approved escalation (space-separated when several).
     Destructive(String),
     /// Not among the agent's allowed scopes.
     NotAllowed(String),
@@ -82,7 +82,8 @@ impl ScopeRefusal {
             ScopeRefusal::Unknown(s) => format!("scope '{s}' does not exist in environment '{env}'"),
             ScopeRefusal::Destructive(s) => format!(
                 "scope '{s}' is destructive and requires an approved escalation \
-                 (airlock escalate --env {env} --scope {s} --reason ...)"
+                 (airlock escalate --env {env} --scope {} --reason ...)",
+                s.split(' ').collect::<Vec<_>>().join(" --scope ")
             ),
             ScopeRefusal::NotAllowed(s) => format!("this client is not allowed scope '{s}'"),
             ScopeRefusal::NoneRequested => {
@@ -131,13 +132,25 @@ pub fn parse_scope_param(raw: &str) -> Result<Vec<String>, ScopeRefusal> {
     Ok(out)
 }
 
-/// The scopes an agent gets at its environment for a request (`None`: no `scope` parameter).
-pub fn agent_scopes(
+/// What a token request asks for, and which of it only a grant can give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopePlan {
+    /// Every scope asked for (or the defaults), in order, deduplicated.
+    pub wanted: Vec<String>,
+    /// The subset that needs an active grant covering it: destructive scopes
+    /// (invariant 5), everything in a prod-tier environment for a person (invariant 3),
+    /// and scopes the principal does not have by itself.
+    pub needs_grant: Vec<String>,
+}
+
+/// Plan the scopes an agent asks for at its environment (`None`: no `scope` parameter).
+/// Refuses only what no grant could fix: malformed, unknown, or nothing asked.
+pub fn agent_scope_plan(
     settings: &Settings,
     env: &EnvironmentSettings,
     agent: &Agent,
     requested: Option<&str>,
-) -> Result<Vec<String>, ScopeRefusal> {
+) -> Result<ScopePlan, ScopeRefusal> {
     let wanted = match requested {
         Some(raw) => parse_scope_param(raw)?,
         None => agent.default_scopes.clone(),
@@ -145,20 +158,47 @@ pub fn agent_scopes(
     if wanted.is_empty() {
         return Err(ScopeRefusal::NoneRequested);
     }
-    for scope in &wanted {
-        if !settings.env_offers_scope(env, scope) {
-            return Err(ScopeRefusal::Unknown(scope.clone()));
-        }
-        // SECURITY: checked before the agent's own list, so a destructive scope is refused
-        // as destructive even for an agent registered with it (invariant 5).
-        if settings.scopes[scope].destructive {
-            return Err(ScopeRefusal::Destructive(scope.clone()));
-        }
-        if !agent.allowed_scopes.iter().any(|a| a == scope) {
-            return Err(ScopeRefusal::NotAllowed(scope.clone()));
-        }
+    if let Some(unknown) = wanted.iter().find(|s| !settings.env_offers_scope(env, s)) {
+        return Err(ScopeRefusal::Unknown(unknown.clone()));
     }
-    Ok(wanted)
+    // SECURITY: a destructive scope needs a grant even for an agent registered with it.
+    let needs_grant = wanted
+        .iter()
+        .filter(|s| settings.scopes[s.as_str()].destructive || !agent.allowed_scopes.contains(s))
+        .cloned()
+        .collect();
+    Ok(ScopePlan { wanted, needs_grant })
+}
+
+/// The refusal for an agent whose plan needs a grant it does not have: a destructive
+/// scope is named first (it is what `airlock escalate` is for).
+pub fn agent_refusal(settings: &Settings, needs_grant: &[String]) -> ScopeRefusal {
+    let destructive: Vec<&str> = needs_grant
+        .iter()
+        .filter(|s| settings.scopes[s.as_str()].destructive)
+        .map(String::as_str)
+        .collect();
+    if destructive.is_empty() {
+        ScopeRefusal::NotAllowed(needs_grant.first().cloned().unwrap_or_default())
+    } else {
+        ScopeRefusal::Destructive(destructive.join(" "))
+    }
+}
+
+/// The scopes an agent gets at its environment without any grant (`None`: no `scope`
+/// parameter). A destructive scope is never given this way (invariant 5).
+pub fn agent_scopes(
+    settings: &Settings,
+    env: &EnvironmentSettings,
+    agent: &Agent,
+    requested: Option<&str>,
+) -> Result<Vec<String>, ScopeRefusal> {
+    let plan = agent_scope_plan(settings, env, agent, requested)?;
+    if plan.needs_grant.is_empty() {
+        Ok(plan.wanted)
+    } else {
+        Err(agent_refusal(settings, &plan.needs_grant))
+    }
 }
 
 /// Lifetime of a token in `env`: its default, never above its maximum (invariant 6).
@@ -239,7 +279,82 @@ pub fn effective_roles(settings: &Settings, roles: &[String], totp_enrolled: boo
         .collect()
 }
 
-/// The scopes a person gets in `env` for a request (`None`: no `scope` parameter).
+/// Plan the scopes a person asks for in `env` (`None`: no `scope` parameter: the
+/// non-destructive scopes their roles give there). Refuses only what no grant could fix.
+pub fn human_scope_plan(
+    settings: &Settings,
+    env: &EnvironmentSettings,
+    env_name: &str,
+    roles: &[String],
+    requested: Option<&str>,
+) -> Result<ScopePlan, HumanRefusal> {
+    let allowed = role_scopes(settings, env_name, roles);
+    let wanted = match requested {
+        Some(raw) => parse_scope_param(raw).map_err(|_| HumanRefusal::Malformed)?,
+        None => allowed
+            .iter()
+            .filter(|s| settings.scopes.get(s.as_str()).is_some_and(|c| !c.destructive))
+            .cloned()
+            .collect(),
+    };
+    if wanted.is_empty() {
+        return Err(if allowed.is_empty() && requested.is_none() {
+            HumanRefusal::NoAccess
+        } else {
+            HumanRefusal::NoneRequested
+        });
+    }
+    if let Some(unknown) = wanted.iter().find(|s| !settings.env_offers_scope(env, s)) {
+        return Err(HumanRefusal::Unknown(unknown.clone()));
+    }
+    let prod = env.tier == crate::config::Tier::Prod;
+    // SECURITY: invariants 3 and 5: production and destructive scopes always need a grant.
+    let needs_grant = wanted
+        .iter()
+        .filter(|s| prod || settings.scopes[s.as_str()].destructive || !allowed.contains(s))
+        .cloned()
+        .collect();
+    Ok(ScopePlan { wanted, needs_grant })
+}
+
+/// The scopes the person's roles give in `env_name` (none means no role covers it).
+fn role_scopes(settings: &Settings, env_name: &str, roles: &[String]) -> Vec<String> {
+    let mut allowed: Vec<String> = Vec::new();
+    for role in roles.iter().filter_map(|r| settings.roles.get(r)) {
+        for s in role.tokens.get(env_name).into_iter().flatten() {
+            if !allowed.contains(s) {
+                allowed.push(s.clone());
+            }
+        }
+    }
+    allowed
+}
+
+/// The refusal for a person whose plan needs a grant they do not have: "needs an
+/// escalation" for production or a destructive scope (naming every gated scope),
+/// otherwise what their roles lack.
+pub fn human_refusal(
+    settings: &Settings,
+    env: &EnvironmentSettings,
+    env_name: &str,
+    roles: &[String],
+    needs_grant: &[String],
+) -> HumanRefusal {
+    let gated: Vec<String> = needs_grant
+        .iter()
+        .filter(|s| env.tier == crate::config::Tier::Prod || settings.scopes[s.as_str()].destructive)
+        .cloned()
+        .collect();
+    if !gated.is_empty() {
+        return HumanRefusal::NeedsEscalation(gated);
+    }
+    if role_scopes(settings, env_name, roles).is_empty() {
+        return HumanRefusal::NoAccess;
+    }
+    HumanRefusal::NotInRole(needs_grant.first().cloned().unwrap_or_default())
+}
+
+/// The scopes a person gets in `env` without any grant (`None`: no `scope` parameter).
 pub fn human_scopes(
     settings: &Settings,
     env: &EnvironmentSettings,
@@ -247,52 +362,12 @@ pub fn human_scopes(
     roles: &[String],
     requested: Option<&str>,
 ) -> Result<Vec<String>, HumanRefusal> {
-    let mut allowed: Vec<&String> = Vec::new();
-    let mut any_role = false;
-    for role in roles.iter().filter_map(|r| settings.roles.get(r)) {
-        if let Some(scopes) = role.tokens.get(env_name) {
-            any_role = true;
-            allowed.extend(scopes.iter());
-        }
+    let plan = human_scope_plan(settings, env, env_name, roles, requested)?;
+    if plan.needs_grant.is_empty() {
+        Ok(plan.wanted)
+    } else {
+        Err(human_refusal(settings, env, env_name, roles, &plan.needs_grant))
     }
-    if !any_role {
-        return Err(HumanRefusal::NoAccess);
-    }
-    let wanted = match requested {
-        Some(raw) => parse_scope_param(raw).map_err(|_| HumanRefusal::Malformed)?,
-        None => allowed
-            .iter()
-            .filter(|s| settings.scopes.get(s.as_str()).is_some_and(|c| !c.destructive))
-            .map(|s| s.to_string())
-            .collect(),
-    };
-    if wanted.is_empty() {
-        return Err(HumanRefusal::NoneRequested);
-    }
-    for scope in &wanted {
-        if !settings.env_offers_scope(env, scope) {
-            return Err(HumanRefusal::Unknown(scope.clone()));
-        }
-    }
-    // SECURITY: invariants 3 and 5, before the role check, so the answer to a prod-tier
-    // environment or a destructive scope is always "needs an escalation".
-    let destructive: Vec<String> = wanted
-        .iter()
-        .filter(|s| settings.scopes[s.as_str()].destructive)
-        .cloned()
-        .collect();
-    if env.tier == crate::config::Tier::Prod {
-        return Err(HumanRefusal::NeedsEscalation(wanted));
-    }
-    if !destructive.is_empty() {
-        return Err(HumanRefusal::NeedsEscalation(destructive));
-    }
-    for scope in &wanted {
-        if !allowed.contains(&scope) {
-            return Err(HumanRefusal::NotInRole(scope.clone()));
-        }
-    }
-    Ok(wanted)
 }
 
 #[cfg(test)]

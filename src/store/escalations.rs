@@ -542,6 +542,16 @@ macro_rules! impl_escalation_store {
                 let grant = $crate::policy::escalation::grant_for(&current, grant_id, at);
                 esc_insert_grant(&mut tx, &grant).await?;
                 esc_history(&mut tx, id, at, "approved", &approval.approver, None).await?;
+                // The caller built `on_grant` from the request as it read it, before this
+                // lock: an approval committed since (a concurrent approver's) is known only
+                // here, and the trail must name every approver the quorum counted.
+                let approver_names: Vec<String> = current
+                    .approvals
+                    .iter()
+                    .map(|a| a.approver.clone())
+                    .chain(std::iter::once(approval.approver.clone()))
+                    .collect();
+                let on_grant = on_grant.detail("approvers", approver_names);
                 append_in_tx(&mut tx, vec![on_approval, on_grant]).await?;
                 let e = esc_fetch(&mut tx, id).await?;
                 tx.commit().await.map_err(map_err)?;

@@ -7,6 +7,7 @@ mod contract;
 mod escalation_cli;
 mod escalation_store;
 mod escalation_support;
+mod escalations;
 mod failclosed;
 mod hardening;
 mod harness;
