@@ -231,6 +231,7 @@ pub async fn client_credentials(
         jti: Uuid::new_v4().to_string(),
         act: None,
         grant: grant.as_ref().map(|g| g.id.to_string()),
+        sid: None,
     };
     let signer = state
         .keys
@@ -358,6 +359,17 @@ pub async fn introspect(
     };
     if !principal_live {
         return Ok(inactive);
+    }
+    // A person's token ends with the session it came from (logout, revocation, expiry).
+    if let Some(sid) = &claims.sid {
+        let Ok(sid) = Uuid::parse_str(sid) else {
+            return Ok(inactive);
+        };
+        match state.store.session(sid).await {
+            Ok(s) if s.revoked_at.is_none() && s.expires_at > now() => {}
+            Ok(_) | Err(StoreError::NotFound) => return Ok(inactive),
+            Err(_) => return Err(OAuthError::Unavailable),
+        }
     }
     if let Some(grant) = &claims.grant {
         match crate::escalations::grant_is_active(state, grant).await {

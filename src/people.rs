@@ -892,6 +892,7 @@ pub async fn exchange(
         jti: Uuid::new_v4().to_string(),
         act,
         grant: grant.as_ref().map(|g| g.id.to_string()),
+        sid: Some(auth.session.id.to_string()),
     };
     let signer = state
         .keys

@@ -109,6 +109,10 @@ pub struct AccessClaims {
     /// The grant this token was minted under (production or destructive access).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
+    /// The person's session it was exchanged from (its id, not a secret), so that ending
+    /// the session makes it inactive at introspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// Sign `claims` as a compact JWS with `signer`.

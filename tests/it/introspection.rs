@@ -179,7 +179,37 @@ async fn a_grant_that_ends_makes_its_tokens_inactive_and_is_audited(backend: Bac
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
+async fn a_persons_token_ends_with_the_session_it_came_from(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let resource = app.create_agent("staging", "rs", &["db:read"]).await;
+    let bob = person_with_totp(&app, "bob", &["developer"]).await;
+    let (status, body) = exchange(&app, "staging", &bob.token, Some("db:read"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let (_, body) = introspect(&app, "staging", &resource, &token).await;
+    assert_eq!(body["active"], true, "{body}");
+    assert_eq!(body["sub"], "bob");
+
+    let resp = app
+        .client
+        .delete(app.url("/v1/sessions/current"))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "logout: {}", resp.status());
+    let (_, body) = introspect(&app, "staging", &resource, &token).await;
+    assert_eq!(
+        body,
+        serde_json::json!({ "active": false }),
+        "logout ends the session's tokens"
+    );
+}
+
 both_backends!(
+    a_persons_token_ends_with_the_session_it_came_from,
     a_token_is_active_until_its_grant_is_revoked,
     tokens_of_other_environments_and_disabled_agents_are_inactive,
     a_grant_that_ends_makes_its_tokens_inactive_and_is_audited,
