@@ -621,6 +621,20 @@ impl Grant {
     }
 }
 
+/// `2025-03-01 14:03:09 UTC`: a time as people read it in the CLI and on the pages.
+pub fn utc_stamp(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// Grant holder key of a person.
 pub fn person_holder(user_id: Uuid) -> String {
     format!("user:{user_id}")

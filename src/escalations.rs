@@ -33,6 +33,9 @@ const WAIT_POLL: Duration = Duration::from_millis(500);
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Most rows one sweep handles (the rest wait for the next tick).
 const SWEEP_BATCH: u32 = 200;
+/// Most requests one holder may have pending at once: enough for any real need, and a
+/// bound on what a misbehaving agent can put in front of approvers (and their webhooks).
+pub const MAX_PENDING_PER_HOLDER: usize = 20;
 /// Most requests or grants one list returns.
 pub const MAX_LIST: u32 = 200;
 
@@ -125,6 +128,13 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Principal, E
         Err(SessionError::Invalid) => {}
     }
     let claims = verify_env_token(state, bearer).ok_or(EscalationError::Unauthenticated)?;
+    // As at introspection: an ended session, a disabled principal or a revoked grant ends
+    // the token here too.
+    match crate::oauth::token_is_live(state, &claims.env, &claims).await {
+        Ok(true) => {}
+        Ok(false) => return Err(EscalationError::Unauthenticated),
+        Err(e) => return Err(store_err(e)),
+    }
     let kind = if claims.client_id == people::CLI_CLIENT_ID {
         let user = match state.store.user_by_username(&claims.sub).await {
             Ok(u) if !u.disabled => u,
@@ -246,12 +256,7 @@ async fn view(state: &AppState, e: Escalation, capped: bool) -> Result<Escalatio
     };
     let history = state.store.escalation_history(e.id).await.map_err(store_err)?;
     Ok(EscalationView {
-        destructive_scopes: e
-            .scopes
-            .iter()
-            .filter(|s| rules::is_destructive(&state.settings, s))
-            .cloned()
-            .collect(),
+        destructive_scopes: rules::destructive_of(&state.settings, &e.scopes),
         url: page_url(state, e.id),
         escalation: e,
         grant,
@@ -280,6 +285,7 @@ fn requester_of(state: &AppState, principal: &Principal) -> Requester {
         }) => Requester::Delegated {
             user_id: user.id,
             username: user.username.clone(),
+            roles: crate::policy::effective_roles(&state.settings, &user.roles, false),
             actor: actor.clone(),
             environment: environment.clone(),
         },
@@ -316,14 +322,7 @@ pub async fn create(
             )
             .detail("reason", refusal.reason())
             .detail("action", "escalation.request")
-            .detail(
-                "scopes",
-                req.scopes
-                    .iter()
-                    .filter(|s| state.settings.scopes.contains_key(*s))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            );
+            .detail("scopes", known_scopes(state, &req.scopes));
             let event = if known {
                 event.env(req.environment.clone())
             } else {
@@ -400,6 +399,26 @@ pub async fn create(
         decision_reason: None,
         approvals: Vec::new(),
     };
+    let pending = state
+        .store
+        .escalations(&EscalationFilter {
+            state: Some(EscalationState::Pending),
+            environment: None,
+            holder: Some(escalation.holder.clone()),
+            limit: MAX_PENDING_PER_HOLDER as u32 + 1,
+        })
+        .await
+        .map_err(store_err)?;
+    if pending.iter().filter(|p| p.expires_at > at).count() >= MAX_PENDING_PER_HOLDER {
+        let event = NewAuditEvent::new("escalation.refused", actor, Outcome::Refused)
+            .env(req.environment.clone())
+            .detail("reason", "too_many_pending");
+        state.store.append_audit(event).await.map_err(store_err)?;
+        return Err(EscalationError::Conflict(format!(
+            "you already have {MAX_PENDING_PER_HOLDER} pending requests; cancel some (airlock cancel ID) \
+             or wait for a decision"
+        )));
+    }
     let created = NewAuditEvent::new("escalation.requested", actor, Outcome::Success)
         .env(req.environment.clone())
         .subject(escalation.id.to_string())
@@ -436,6 +455,21 @@ pub async fn create(
         );
     }
     view(state, escalation, plan.capped).await
+}
+
+/// The catalogue scopes among `asked`, each once, at most [`crate::policy::MAX_SCOPES_PER_REQUEST`]:
+/// what a refusal's audit event may record of caller-controlled input.
+fn known_scopes(state: &AppState, asked: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in asked {
+        if state.settings.scopes.contains_key(s) && !out.contains(s) {
+            out.push(s.clone());
+        }
+        if out.len() >= crate::policy::MAX_SCOPES_PER_REQUEST {
+            break;
+        }
+    }
+    out
 }
 
 fn grant_event(e: &Escalation, g: &Grant, by: &str) -> NewAuditEvent {
@@ -547,6 +581,7 @@ pub async fn list(
     let filter = EscalationFilter {
         state: q.pending.then_some(EscalationState::Pending),
         environment: q.environment.clone(),
+        holder: None,
         limit: MAX_LIST * 5,
     };
     let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST) as usize;
@@ -612,6 +647,16 @@ async fn decidable(
 ) -> Result<Escalation, EscalationError> {
     let e = state.store.escalation(id).await.map_err(store_err)?;
     let roles = people::effective_roles(state, auth);
+    // Someone who may not see it, and holds no approver role there, learns nothing.
+    let principal = Principal::Person(auth.clone());
+    if !may_view(state, &principal, &e) && !is_approver_for(state, &auth.user.roles, &e.environment) {
+        let refusal = ApprovalRefusal::NotApprover {
+            role: String::new(),
+            needs_totp: false,
+        };
+        refuse_decision(state, auth, &e, action, &refusal).await?;
+        return Err(EscalationError::NotFound);
+    }
     if let Err(refusal) = rules::check_approver(&state.settings, &e, auth.user.id, &auth.user.roles, &roles) {
         refuse_decision(state, auth, &e, action, &refusal).await?;
         return Err(EscalationError::Forbidden(refusal.message(&e.environment)));
@@ -698,6 +743,11 @@ fn note(raw: &str, what: &str) -> Result<String, EscalationError> {
     if t.is_empty() {
         return Err(EscalationError::BadRequest(format!("give a {what}")));
     }
+    if rules::has_control_chars(t) {
+        return Err(EscalationError::BadRequest(format!(
+            "the {what} must be plain text on one line, without control characters"
+        )));
+    }
     if t.chars().count() > rules::MAX_NOTE_CHARS {
         return Err(EscalationError::BadRequest(format!(
             "the {what} must be at most {} characters",
@@ -722,7 +772,8 @@ pub async fn deny(
         Outcome::Success,
     )
     .env(e.environment.clone())
-    .subject(e.id.to_string());
+    .subject(e.id.to_string())
+    .detail("reason", reason.clone());
     let e = match state
         .store
         .finish_escalation(
@@ -977,12 +1028,7 @@ fn announce(
         escalation_id: e.id,
         environment: e.environment.clone(),
         scopes: e.scopes.clone(),
-        destructive_scopes: e
-            .scopes
-            .iter()
-            .filter(|s| rules::is_destructive(&state.settings, s))
-            .cloned()
-            .collect(),
+        destructive_scopes: rules::destructive_of(&state.settings, &e.scopes),
         requester,
         sponsor: e.sponsor.clone(),
         reason: e.reason.clone(),

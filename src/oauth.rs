@@ -308,6 +308,46 @@ async fn authenticate_client(
     agent.ok_or(OAuthError::InvalidClient)
 }
 
+/// Whether a verified access token of `env_name` is still good: its agent or person is
+/// enabled (an agent still of that environment), the session it was exchanged from (if
+/// any) has not ended, and the grant it was minted under (if any) is active.
+pub async fn token_is_live(
+    state: &AppState,
+    env_name: &str,
+    claims: &AccessClaims,
+) -> Result<bool, StoreError> {
+    let principal_live = if claims.client_id == crate::people::CLI_CLIENT_ID {
+        match state.store.user_by_username(&claims.sub).await {
+            Ok(u) => !u.disabled,
+            Err(StoreError::NotFound) => false,
+            Err(e) => return Err(e),
+        }
+    } else {
+        match state.store.agent_by_client_id(&claims.sub).await {
+            Ok(a) => !a.disabled && a.environment == env_name,
+            Err(StoreError::NotFound) => false,
+            Err(e) => return Err(e),
+        }
+    };
+    if !principal_live {
+        return Ok(false);
+    }
+    if let Some(sid) = &claims.sid {
+        let Ok(sid) = Uuid::parse_str(sid) else {
+            return Ok(false);
+        };
+        match state.store.session(sid).await {
+            Ok(s) if s.revoked_at.is_none() && s.expires_at > now() => {}
+            Ok(_) | Err(StoreError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(grant) = &claims.grant {
+        return crate::escalations::grant_is_active(state, grant).await;
+    }
+    Ok(true)
+}
+
 /// RFC 7662 introspection at environment `env_name`, for a resource server that
 /// authenticates as an agent of that environment. A token is active only if it verifies
 /// for this environment (key, issuer, audience, time), its agent or person is still
@@ -344,39 +384,10 @@ pub async fn introspect(
     if claims.env != env_name {
         return Ok(inactive);
     }
-    let principal_live = if claims.client_id == crate::people::CLI_CLIENT_ID {
-        match state.store.user_by_username(&claims.sub).await {
-            Ok(u) => !u.disabled,
-            Err(StoreError::NotFound) => false,
-            Err(_) => return Err(OAuthError::Unavailable),
-        }
-    } else {
-        match state.store.agent_by_client_id(&claims.sub).await {
-            Ok(a) => !a.disabled && a.environment == env_name,
-            Err(StoreError::NotFound) => false,
-            Err(_) => return Err(OAuthError::Unavailable),
-        }
-    };
-    if !principal_live {
-        return Ok(inactive);
-    }
-    // A person's token ends with the session it came from (logout, revocation, expiry).
-    if let Some(sid) = &claims.sid {
-        let Ok(sid) = Uuid::parse_str(sid) else {
-            return Ok(inactive);
-        };
-        match state.store.session(sid).await {
-            Ok(s) if s.revoked_at.is_none() && s.expires_at > now() => {}
-            Ok(_) | Err(StoreError::NotFound) => return Ok(inactive),
-            Err(_) => return Err(OAuthError::Unavailable),
-        }
-    }
-    if let Some(grant) = &claims.grant {
-        match crate::escalations::grant_is_active(state, grant).await {
-            Ok(true) => {}
-            Ok(false) => return Ok(inactive),
-            Err(_) => return Err(OAuthError::Unavailable),
-        }
+    match token_is_live(state, env_name, &claims).await {
+        Ok(true) => {}
+        Ok(false) => return Ok(inactive),
+        Err(_) => return Err(OAuthError::Unavailable),
     }
     let mut out = serde_json::json!({
         "active": true,

@@ -825,14 +825,7 @@ pub async fn exchange(
         ));
     }
     let roles = effective_roles(state, &auth);
-    let audit = |event: NewAuditEvent| async {
-        state
-            .store
-            .append_audit(event)
-            .await
-            .map(|_| ())
-            .map_err(|_| OAuthError::Unavailable)
-    };
+    let audit = |event: NewAuditEvent| record(state, event);
     let plan = match policy::human_scope_plan(&state.settings, env, env_name, &roles, req.scope) {
         Ok(p) => p,
         Err(refusal) => {
@@ -925,6 +918,17 @@ pub async fn exchange(
     })
 }
 
+/// Write a token-endpoint decision to the audit trail; if it cannot be written, the
+/// request fails closed (invariant 7).
+async fn record(state: &AppState, event: NewAuditEvent) -> Result<(), OAuthError> {
+    state
+        .store
+        .append_audit(event)
+        .await
+        .map(|_| ())
+        .map_err(|_| OAuthError::Unavailable)
+}
+
 /// Invariant 3 for people: a prod-tier grant is used only from the session that first
 /// used it, and that first use needs a TOTP code confirmed after the grant started.
 async fn bind_prod_grant(
@@ -940,14 +944,7 @@ async fn bind_prod_grant(
                 .into(),
         )
     };
-    let audit = |event: NewAuditEvent| async {
-        state
-            .store
-            .append_audit(event)
-            .await
-            .map(|_| ())
-            .map_err(|_| OAuthError::Unavailable)
-    };
+    let audit = |event: NewAuditEvent| record(state, event);
     match grant.session_id {
         Some(sid) if sid == auth.session.id => return Ok(()),
         Some(_) => {

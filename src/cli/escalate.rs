@@ -402,16 +402,7 @@ fn span(secs: i64) -> String {
 
 /// `2025-01-31 14:05:00 UTC`.
 fn stamp(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::domain::utc_stamp(t)
 }
 
 /// `2025-01-31 14:05:00 UTC (in 29m)`, `(... ago)` or `(now)`.

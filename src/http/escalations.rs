@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -42,13 +42,8 @@ impl FromRequestParts<AppState> for AnyCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or(ApiError::Unauthenticated)?;
-        Ok(AnyCaller(esc::authenticate(state, token.trim()).await?))
+        let token = super::extract::bearer(parts)?;
+        Ok(AnyCaller(esc::authenticate(state, token).await?))
     }
 }
 
@@ -153,10 +148,17 @@ async fn person_only(
     match principal {
         Principal::Person(auth) => Ok(auth),
         agent @ Principal::Agent(_) => {
-            let event = NewAuditEvent::new("escalation.decision_refused", agent.actor(), Outcome::Refused)
-                .subject(parse_id(id).map(|u| u.to_string()).unwrap_or_default())
-                .detail("action", action.to_string())
-                .detail("reason", "agent_token");
+            let mut event =
+                NewAuditEvent::new("escalation.decision_refused", agent.actor(), Outcome::Refused)
+                    .detail("action", action.to_string())
+                    .detail("reason", "agent_token");
+            // Name the request and its environment when it exists; never echo a bad id.
+            if let Ok(uuid) = parse_id(id) {
+                event = event.subject(uuid.to_string());
+                if let Ok(e) = state.store.escalation(uuid).await {
+                    event = event.env(e.environment);
+                }
+            }
             state
                 .store
                 .append_audit(event)

@@ -18,20 +18,24 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or(ApiError::Unauthenticated)?;
-        let auth = people::authenticate_session(state, token.trim())
-            .await
-            .map_err(|e| {
-                tracing::debug!(?e, "session authentication failed");
-                ApiError::from(e)
-            })?;
+        let token = bearer(parts)?;
+        let auth = people::authenticate_session(state, token).await.map_err(|e| {
+            tracing::debug!(?e, "session authentication failed");
+            ApiError::from(e)
+        })?;
         Ok(Caller(auth))
     }
+}
+
+/// The token of `Authorization: Bearer <token>`, or 401.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthenticated)
 }
 
 impl Caller {

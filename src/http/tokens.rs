@@ -55,14 +55,8 @@ async fn issue_token(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Ok(Path(env)) = env else {
-        return OAuthError::UnknownEnvironment("(not valid UTF-8)".into()).into_response();
-    };
-    if state.settings.environment(&env).is_none() {
-        return OAuthError::UnknownEnvironment(env.chars().take(64).collect()).into_response();
-    }
-    let bytes = match read_form_body(&state, &headers, body).await {
-        Ok(b) => b,
+    let (env, bytes) = match env_and_form(&state, env, &headers, body).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
@@ -88,14 +82,8 @@ async fn introspect(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Ok(Path(env)) = env else {
-        return OAuthError::UnknownEnvironment("(not valid UTF-8)".into()).into_response();
-    };
-    if state.settings.environment(&env).is_none() {
-        return OAuthError::UnknownEnvironment(env.chars().take(64).collect()).into_response();
-    }
-    let bytes = match read_form_body(&state, &headers, body).await {
-        Ok(b) => b,
+    let (env, bytes) = match env_and_form(&state, env, &headers, body).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
@@ -115,6 +103,23 @@ async fn introspect(
         Ok(answer) => no_store_json(answer),
         Err(e) => e.into_response(),
     }
+}
+
+/// The environment of the path (404 in the OAuth shape if unknown) and the bounded form body.
+async fn env_and_form(
+    state: &AppState,
+    env: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, axum::body::Bytes), Response> {
+    let Ok(Path(env)) = env else {
+        return Err(OAuthError::UnknownEnvironment("(not valid UTF-8)".into()).into_response());
+    };
+    if state.settings.environment(&env).is_none() {
+        return Err(OAuthError::UnknownEnvironment(env.chars().take(64).collect()).into_response());
+    }
+    let bytes = read_form_body(state, headers, body).await?;
+    Ok((env, bytes))
 }
 
 /// Read a bounded `application/x-www-form-urlencoded` body, or the OAuth-shaped 415/413.

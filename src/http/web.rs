@@ -109,19 +109,18 @@ async fn show_device(
                 .map(|(_, v)| v.into_owned())
         })
         .filter(|v| !v.trim().is_empty());
-    let auth = match signed_in(&state, &headers).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return sign_in_page(
-                &state,
-                &headers,
-                SignInForm {
-                    next: Next::Device,
-                    user_code: typed.as_deref().and_then(people::normalize_user_code),
-                    ..SignInForm::default()
-                },
-            );
-        }
+    let auth = match signed_in_or(
+        &state,
+        &headers,
+        SignInForm {
+            next: Next::Device,
+            user_code: typed.as_deref().and_then(people::normalize_user_code),
+            ..SignInForm::default()
+        },
+    )
+    .await
+    {
+        Ok(a) => a,
         Err(r) => return r,
     };
     let nav = Nav::of(&state, &auth);
@@ -137,6 +136,20 @@ async fn show_device(
     }
 }
 
+/// The signed-in person, or (as the response) the sign-in page `form` describes, which
+/// comes back to where the person was going.
+async fn signed_in_or(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: SignInForm,
+) -> Result<Authenticated, Response> {
+    match signed_in(state, headers).await {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(sign_in_page(state, headers, form)),
+        Err(r) => Err(r),
+    }
+}
+
 /// What a person sees for a code that is not pending.
 const UNKNOWN_CODE: &str = "That code is unknown, has expired or was already used. Check the code your \
                             terminal shows, or run airlock login again for a new one.";
@@ -148,21 +161,20 @@ async fn decide_device(State(state): State<AppState>, headers: HeaderMap, body: 
         Err(r) => return r,
     };
     let user_code = form.get("user_code").and_then(people::normalize_user_code);
-    let auth = match signed_in(&state, &headers).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return sign_in_page(
-                &state,
-                &headers,
-                SignInForm {
-                    next: Next::Device,
-                    user_code,
-                    message: Some("Your sign-in has ended. Sign in again to decide on the code.".into()),
-                    status: StatusCode::UNAUTHORIZED,
-                    ..SignInForm::default()
-                },
-            );
-        }
+    let auth = match signed_in_or(
+        &state,
+        &headers,
+        SignInForm {
+            next: Next::Device,
+            user_code: user_code.clone(),
+            message: Some("Your sign-in has ended. Sign in again to decide on the code.".into()),
+            status: StatusCode::UNAUTHORIZED,
+            ..SignInForm::default()
+        },
+    )
+    .await
+    {
+        Ok(a) => a,
         Err(r) => return r,
     };
     // SECURITY: the CSRF check comes before anything is decided.
@@ -335,18 +347,17 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap, body: Body)
 
 /// `GET /totp`: start enrolment and show the secret.
 async fn show_totp(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let auth = match signed_in(&state, &headers).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return sign_in_page(
-                &state,
-                &headers,
-                SignInForm {
-                    next: Next::Totp,
-                    ..SignInForm::default()
-                },
-            );
-        }
+    let auth = match signed_in_or(
+        &state,
+        &headers,
+        SignInForm {
+            next: Next::Totp,
+            ..SignInForm::default()
+        },
+    )
+    .await
+    {
+        Ok(a) => a,
         Err(r) => return r,
     };
     let nav = Nav::of(&state, &auth);
@@ -366,20 +377,19 @@ async fn activate_totp(State(state): State<AppState>, headers: HeaderMap, body: 
         Ok(f) => f,
         Err(r) => return r,
     };
-    let auth = match signed_in(&state, &headers).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return sign_in_page(
-                &state,
-                &headers,
-                SignInForm {
-                    next: Next::Totp,
-                    message: Some("Your sign-in has ended. Sign in again, then start over.".into()),
-                    status: StatusCode::UNAUTHORIZED,
-                    ..SignInForm::default()
-                },
-            );
-        }
+    let auth = match signed_in_or(
+        &state,
+        &headers,
+        SignInForm {
+            next: Next::Totp,
+            message: Some("Your sign-in has ended. Sign in again, then start over.".into()),
+            status: StatusCode::UNAUTHORIZED,
+            ..SignInForm::default()
+        },
+    )
+    .await
+    {
+        Ok(a) => a,
         Err(r) => return r,
     };
     let nav = Nav::of(&state, &auth);

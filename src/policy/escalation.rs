@@ -50,6 +50,8 @@ pub enum Requester {
         user_id: Uuid,
         /// Their username.
         username: String,
+        /// The person's roles that count without a TOTP-verified session.
+        roles: Vec<String>,
         /// `process:NAME`.
         actor: String,
         /// The environment of the token it presented.
@@ -90,6 +92,8 @@ pub enum RequestRefusal {
     UnknownScope(String),
     /// Duration below [`MIN_DURATION`] (400).
     DurationTooShort,
+    /// Control characters or direction overrides in the reason (400).
+    ControlCharacters,
 }
 
 impl RequestRefusal {
@@ -115,6 +119,9 @@ impl RequestRefusal {
             }
             RequestRefusal::UnknownScope(s) => format!("scope '{s}' does not exist in environment '{env}'"),
             RequestRefusal::DurationTooShort => "the duration must be at least 1m".to_string(),
+            RequestRefusal::ControlCharacters => {
+                "the reason must be plain text on one line, without control characters".to_string()
+            }
         }
     }
 
@@ -129,6 +136,7 @@ impl RequestRefusal {
             RequestRefusal::BadScopes => "bad_scopes",
             RequestRefusal::UnknownScope(_) => "unknown_scope",
             RequestRefusal::DurationTooShort => "duration_too_short",
+            RequestRefusal::ControlCharacters => "control_characters",
         }
     }
 }
@@ -169,7 +177,8 @@ pub fn check_request(
         {
             return Err(RequestRefusal::CrossEnvironment { own: own.clone() });
         }
-        Requester::Person { roles, .. } => {
+        // A process asks within its person's roles, never beyond them.
+        Requester::Person { roles, .. } | Requester::Delegated { roles, .. } => {
             let may = roles
                 .iter()
                 .filter_map(|r| settings.roles.get(r))
@@ -179,6 +188,9 @@ pub fn check_request(
             }
         }
         _ => {}
+    }
+    if has_control_chars(reason) {
+        return Err(RequestRefusal::ControlCharacters);
     }
     let reason_chars = reason.trim().chars().count();
     if reason_chars < MIN_REASON_CHARS {
@@ -219,6 +231,15 @@ pub fn check_request(
 /// Whether `scope` is destructive in the catalogue (unknown scopes count as destructive).
 pub fn is_destructive(settings: &Settings, scope: &str) -> bool {
     settings.scopes.get(scope).is_none_or(|s| s.destructive)
+}
+
+/// The destructive scopes among `scopes`, in order.
+pub fn destructive_of(settings: &Settings, scopes: &[String]) -> Vec<String> {
+    scopes
+        .iter()
+        .filter(|s| is_destructive(settings, s))
+        .cloned()
+        .collect()
 }
 
 /// Why a person may not approve (or deny) a request.
@@ -290,14 +311,29 @@ pub fn check_approver(
     Ok(())
 }
 
-/// Whether the approvals by `approvers` (distinct user ids) complete a quorum of
-/// `quorum`, given the request's `sponsor`, who may approve but never be the only one.
+/// Whether the approvals by `approvers` complete a quorum of `quorum` distinct people.
+/// The request's `sponsor` (the person behind a requesting process) may approve, and the
+/// approval is recorded, but it never counts: the grant is theirs, so counting it would
+/// make them one of their own approvers, and it can never be the only one.
 pub fn quorum_reached(quorum: u32, approvers: &[Uuid], sponsor: Option<Uuid>) -> bool {
-    let mut distinct: Vec<Uuid> = approvers.to_vec();
-    distinct.sort();
-    distinct.dedup();
-    let someone_else = distinct.iter().any(|a| Some(*a) != sponsor);
-    distinct.len() >= quorum.max(1) as usize && someone_else
+    let mut counted: Vec<Uuid> = approvers
+        .iter()
+        .copied()
+        .filter(|a| Some(*a) != sponsor)
+        .collect();
+    counted.sort();
+    counted.dedup();
+    counted.len() >= quorum.max(1) as usize
+}
+
+/// Whether `text` holds a control character or a bidirectional override: refused in
+/// reasons and notes, which approvers read in terminals and on pages, so a reason
+/// cannot rewrite what is shown around it.
+pub fn has_control_chars(text: &str) -> bool {
+    text.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    })
 }
 
 /// The scopes of a token request that need a grant: all of them in a prod-tier
@@ -400,6 +436,7 @@ mod tests {
         let delegated = Requester::Delegated {
             user_id: Uuid::new_v4(),
             username: "bob".into(),
+            roles: vec!["developer".into()],
             actor: "process:claude".into(),
             environment: "dev".into(),
         };
@@ -435,6 +472,16 @@ mod tests {
             ),
             Err(RequestRefusal::NotEscalatable)
         );
+        for sneaky in [
+            "run migration\n0042 now",
+            "run migration \u{1b}[5A0042",
+            "run \u{202e}0042 migration",
+        ] {
+            assert_eq!(
+                check_request(&s, &dev, "prod", &scopes(&["db:write"]), MIN30, sneaky),
+                Err(RequestRefusal::ControlCharacters)
+            );
+        }
         for short in ["", "   fix it   ", "123456789"] {
             assert_eq!(
                 check_request(&s, &dev, "prod", &scopes(&["db:write"]), MIN30, short),
@@ -510,6 +557,11 @@ mod tests {
             "a sponsor is never alone"
         );
         assert!(quorum_reached(1, &[sponsor, a], Some(sponsor)));
+        assert!(
+            !quorum_reached(2, &[sponsor, a], Some(sponsor)),
+            "a sponsor never counts"
+        );
+        assert!(quorum_reached(2, &[sponsor, a, b], Some(sponsor)));
         assert!(!quorum_reached(0, &[], None), "a quorum of 0 still needs someone");
     }
 

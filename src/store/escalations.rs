@@ -23,6 +23,8 @@ pub struct EscalationFilter {
     pub state: Option<EscalationState>,
     /// Only this environment.
     pub environment: Option<String>,
+    /// Only requests that would be held by this holder (`user:<id>` / `agent:<client_id>`).
+    pub holder: Option<String>,
     /// At most this many, newest first.
     pub limit: u32,
 }
@@ -379,7 +381,15 @@ macro_rules! impl_escalation_store {
             .await
             .map_err(map_err)?;
             match locked {
-                Some(_) => esc_fetch(conn, id).await,
+                // Checked again here: SQLite compares the stored timestamps as text, which
+                // is not exact within one second.
+                Some(_) => {
+                    let e = esc_fetch(conn, id).await?;
+                    if e.expires_at <= at {
+                        return Err($crate::store::StoreError::Conflict);
+                    }
+                    Ok(e)
+                }
                 None => {
                     // Exists but is decided or past its deadline: Conflict; else NotFound.
                     esc_fetch(conn, id).await?;
@@ -471,6 +481,9 @@ macro_rules! impl_escalation_store {
                 }
                 if let Some(env) = &filter.environment {
                     qb.push(" and environment = ").push_bind(env.clone());
+                }
+                if let Some(holder) = &filter.holder {
+                    qb.push(" and holder = ").push_bind(holder.clone());
                 }
                 qb.push(" order by created_at desc limit ")
                     .push_bind(i64::from(filter.limit.clamp(1, 1000)));

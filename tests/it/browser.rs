@@ -1068,6 +1068,7 @@ async fn pending_request(app: &TestApp) -> String {
             .escalations(&airlock::store::EscalationFilter {
                 state: Some(airlock::domain::EscalationState::Pending),
                 environment: None,
+                holder: None,
                 limit: 10,
             })
             .await

@@ -951,6 +951,7 @@ impl World {
             .escalations(&EscalationFilter {
                 state: None,
                 environment: None,
+                holder: None,
                 limit: 1000,
             })
             .await
@@ -1057,8 +1058,10 @@ impl World {
             ensure!(
                 e.approvals
                     .iter()
-                    .any(|a| Some(a.approver_id) != e.sponsor_user_id),
-                "PROPERTY 3 BROKEN: {what}: granted on its sponsor's approval only"
+                    .filter(|a| Some(a.approver_id) != e.sponsor_user_id)
+                    .count()
+                    >= e.quorum as usize,
+                "PROPERTY 3 BROKEN: {what}: the quorum counted its sponsor's approval"
             );
             ensure!(
                 g.environment == e.environment
@@ -1315,6 +1318,17 @@ impl World {
         p.is_eligible_approver() && r.requester != Some(p)
     }
 
+    /// The answer to a person who may not decide: 404 when they may not even see the
+    /// request and hold no approver role, else 403.
+    fn refused_decision(p: P, r: &ReqModel) -> StatusCode {
+        let sees = r.requester == Some(p) || r.sponsor == Some(p) || p.is_admin() || p.is_eligible_approver();
+        if sees || p.roles().contains(&"approver") {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::NOT_FOUND
+        }
+    }
+
     async fn approve(&mut self, by: Caller, pick: Pick, replay: bool) -> Result<String, String> {
         let Some(ri) = self.pick_request(pick) else {
             return Ok("skipped: no requests".into());
@@ -1339,6 +1353,7 @@ impl World {
                     StatusCode::OK
                 }
             }
+            Caller::Person(p) => Self::refused_decision(p, &r),
             _ => StatusCode::FORBIDDEN,
         };
         let bearer = self.bearer(by).await?;
@@ -1375,8 +1390,9 @@ impl World {
         self.stats.fresh_approvals += 1;
         let m = &mut self.requests[ri];
         m.approvers.push(p);
-        let someone_else = m.approvers.iter().any(|a| Some(*a) != m.sponsor);
-        let reached = m.approvers.len() >= m.quorum as usize && someone_else;
+        // The sponsor's approval is recorded but never counts toward the quorum.
+        let counted = m.approvers.iter().filter(|a| Some(**a) != m.sponsor).count();
+        let reached = counted >= m.quorum as usize;
         let want = if reached { "approved" } else { "pending" };
         ensure!(body["state"] == want, "{label}: the model says {want}: {body}");
         if reached {
@@ -1411,6 +1427,7 @@ impl World {
                     StatusCode::CONFLICT
                 }
             }
+            Caller::Person(p) => Self::refused_decision(p, &r),
             _ => StatusCode::FORBIDDEN,
         };
         let bearer = self.bearer(by).await?;

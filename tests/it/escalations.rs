@@ -199,6 +199,7 @@ async fn stored_escalations(app: &TestApp) -> Vec<airlock::domain::Escalation> {
         .escalations(&EscalationFilter {
             state: None,
             environment: None,
+            holder: None,
             limit: 1000,
         })
         .await
@@ -486,7 +487,7 @@ async fn malformed_requests_are_refused_and_leave_nothing_behind(backend: Backen
 
     // Act/Assert: each refusal is a 400 (404 for the environment) and records nothing but
     // its audit event.
-    let cases: [(Value, StatusCode, Option<&str>); 12] = [
+    let cases: [(Value, StatusCode, Option<&str>); 14] = [
         // Reason missing, empty, blank, one short of the minimum.
         (
             json!({ "environment": "prod", "scopes": ["db:write"], "duration": "30m" }),
@@ -512,6 +513,19 @@ async fn malformed_requests_are_refused_and_leave_nothing_behind(backend: Backen
             json!({ "environment": "prod", "scopes": ["db:write"], "duration": "30m", "reason": "x".repeat(501) }),
             StatusCode::BAD_REQUEST,
             Some("reason_too_long"),
+        ),
+        // A reason that could redraw the approver's terminal or reorder the text shown.
+        (
+            json!({ "environment": "prod", "scopes": ["db:write"], "duration": "30m",
+                    "reason": "run migration 0042\u{1b}[2A\u{1b}[2Kenvironment dev" }),
+            StatusCode::BAD_REQUEST,
+            Some("control_characters"),
+        ),
+        (
+            json!({ "environment": "prod", "scopes": ["db:write"], "duration": "30m",
+                    "reason": "run migration \u{202e}8110-TEKCIT" }),
+            StatusCode::BAD_REQUEST,
+            Some("control_characters"),
         ),
         // Unknown scope, no scope, the same scope twice.
         (
@@ -764,13 +778,10 @@ async fn only_an_eligible_person_other_than_the_requester_decides(backend: Backe
     let (status, body) = deny(&app, &bob.token, &id, "changed my mind").await;
     assert_api_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
 
-    // Not an approver: 403 naming the role.
+    // Not an approver, and not someone who may see the request: 404, as if it did not
+    // exist (nothing about it, not even its environment, is revealed).
     let (status, body) = approve(&app, &mut eve, &id).await;
-    assert_api_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("'approver'"),
-        "{body}"
-    );
+    assert_api_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 
     // The approver role without TOTP: 403 saying TOTP is what is missing.
     let (status, body) = approve_with_code(&app, &frank, &id, "123456").await;
@@ -1988,7 +1999,44 @@ async fn an_agents_next_default_token_carries_its_granted_scope(backend: Backend
     );
 }
 
+/// One holder has at most 20 pending requests: a looping agent cannot bury the approvers
+/// (or flood their webhooks). Cancelling one makes room again.
+async fn a_holder_has_a_bounded_number_of_pending_requests(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let agent = app.create_agent("staging", "looper", &["db:read"]).await;
+    let bearer = agent_token_ok(&app, "staging", &agent, "db:read").await;
+    let mut ids = Vec::new();
+    for _ in 0..airlock::escalations::MAX_PENDING_PER_HOLDER {
+        ids.push(request_ok(&app, &bearer, "staging", &["db:drop"], "30m").await);
+    }
+    let (status, body) = request(
+        &app,
+        &bearer,
+        "staging",
+        &["db:drop"],
+        "30m",
+        "one more (TICKET-9)",
+    )
+    .await;
+    assert_api_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("airlock cancel"),
+        "{body}"
+    );
+    let refused = events(&app, "escalation.refused").await;
+    assert_eq!(refused.last().unwrap().details["reason"], "too_many_pending");
+    let (status, _) = cancel(&app, &bearer, &ids[0]).await;
+    assert_eq!(status, StatusCode::OK);
+    request_ok(&app, &bearer, "staging", &["db:drop"], "30m").await;
+}
+
 both_backends!(
+    a_holder_has_a_bounded_number_of_pending_requests,
     an_agents_next_default_token_carries_its_granted_scope,
     a_grant_covers_scopes_outside_the_role_in_any_order,
     a_developer_gets_a_prod_token_after_an_approver_says_yes,

@@ -814,6 +814,7 @@ async fn prod_escalations_by_nonprod_agents_are_refused_and_recorded(backend: Ba
         .escalations(&EscalationFilter {
             state: None,
             environment: Some("prod".into()),
+            holder: None,
             limit: 100,
         })
         .await

@@ -22,13 +22,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use time::{OffsetDateTime, UtcOffset};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
     CSRF_FIELD, CookiePolicy, Form, Nav, Next, SignInForm, append_cookie, capitalised, cookie_value,
-    document, escape, forbidden_page, read_form, see_other, session_csrf_ok, sign_in_page, signed_in,
-    tokens_match, unavailable_page,
+    document, escape, forbidden_page, read_form, see_other, session_csrf_ok, signed_in_or, tokens_match,
+    unavailable_page,
 };
 use crate::app::AppState;
 use crate::config::Tier;
@@ -50,18 +50,17 @@ const MAX_CODE_CHARS: usize = 16;
 
 /// `GET /approvals`: the requests, or the sign-in form (which comes back here).
 pub(super) async fn show_approvals(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let auth = match signed_in(&state, &headers).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return sign_in_page(
-                &state,
-                &headers,
-                SignInForm {
-                    next: Next::Approvals,
-                    ..SignInForm::default()
-                },
-            );
-        }
+    let auth = match signed_in_or(
+        &state,
+        &headers,
+        SignInForm {
+            next: Next::Approvals,
+            ..SignInForm::default()
+        },
+    )
+    .await
+    {
+        Ok(a) => a,
         Err(r) => return r,
     };
     let nav = Nav::of(&state, &auth);
@@ -93,22 +92,21 @@ pub(super) async fn decide_escalation(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let auth = match signed_in(&state, &headers).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return sign_in_page(
-                &state,
-                &headers,
-                SignInForm {
-                    next: Next::Approvals,
-                    message: Some(
-                        "Your sign-in has ended, so nothing was decided. Sign in again, then decide.".into(),
-                    ),
-                    status: StatusCode::UNAUTHORIZED,
-                    ..SignInForm::default()
-                },
-            );
-        }
+    let auth = match signed_in_or(
+        &state,
+        &headers,
+        SignInForm {
+            next: Next::Approvals,
+            message: Some(
+                "Your sign-in has ended, so nothing was decided. Sign in again, then decide.".into(),
+            ),
+            status: StatusCode::UNAUTHORIZED,
+            ..SignInForm::default()
+        },
+    )
+    .await
+    {
+        Ok(a) => a,
         Err(r) => return r,
     };
     // SECURITY: the CSRF check comes before anything is decided.
@@ -691,16 +689,7 @@ fn history_html(id: Uuid, history: &[EscalationEvent]) -> String {
 
 /// A UTC timestamp, `2025-03-01 14:03:09 UTC`.
 fn clock(t: OffsetDateTime) -> String {
-    let t = t.to_offset(UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::domain::utc_stamp(t)
 }
 
 /// `3 minutes ago`.
