@@ -274,3 +274,36 @@ pub fn claims(token: &str) -> Value {
         .expect("base64url");
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
+
+/// An environment's JWKS, fetched over HTTP as a resource server would.
+pub async fn jwks(app: &TestApp, env: &str) -> jsonwebtoken::jwk::JwkSet {
+    app.client
+        .get(app.url(&format!("/envs/{env}/jwks.json")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Validate as a resource server of an environment would: EdDSA pinned, key by `kid`,
+/// `iss`, `aud` and the times required.
+pub fn validate(
+    token: &str,
+    keys: &jsonwebtoken::jwk::JwkSet,
+    iss: &str,
+    aud: &str,
+) -> Result<Value, jsonwebtoken::errors::Error> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+    let header = decode_header(token)?;
+    let kid = header.kid.unwrap_or_default();
+    let jwk = keys.find(&kid).ok_or_else(|| {
+        jsonwebtoken::errors::Error::from(jsonwebtoken::errors::ErrorKind::InvalidSignature)
+    })?;
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_issuer(&[iss]);
+    v.set_audience(&[aud]);
+    v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]);
+    Ok(decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &v)?.claims)
+}

@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use airlock::domain::{Grant, NewAuditEvent};
 use airlock::store::{EscalationFilter, GrantFilter};
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -305,32 +303,6 @@ fn approver_names(view: &Value) -> Vec<String> {
         .iter()
         .map(|a| a["approver"].as_str().unwrap().to_string())
         .collect()
-}
-
-async fn jwks(app: &TestApp, env: &str) -> JwkSet {
-    app.client
-        .get(app.url(&format!("/envs/{env}/jwks.json")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Validate as a resource server of an environment would: EdDSA pinned, key by `kid`,
-/// `iss`, `aud` and `exp` required.
-fn validate(token: &str, keys: &JwkSet, iss: &str, aud: &str) -> Result<Value, jsonwebtoken::errors::Error> {
-    let header = decode_header(token)?;
-    let kid = header.kid.unwrap_or_default();
-    let jwk = keys.find(&kid).ok_or_else(|| {
-        jsonwebtoken::errors::Error::from(jsonwebtoken::errors::ErrorKind::InvalidSignature)
-    })?;
-    let mut v = Validation::new(Algorithm::EdDSA);
-    v.set_issuer(&[iss]);
-    v.set_audience(&[aud]);
-    v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]);
-    Ok(decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &v)?.claims)
 }
 
 /// Settings changes for one environment's approval policy.

@@ -878,17 +878,6 @@ async fn prod_escalations_by_nonprod_agents_are_refused_and_recorded(backend: Ba
 // The staging token at prod
 // ---------------------------------------------------------------------------------------
 
-async fn jwks(app: &TestApp, env: &str) -> JwkSet {
-    app.client
-        .get(app.url(&format!("/envs/{env}/jwks.json")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Verify as a resource server would: EdDSA pinned, the key found by `kid` in `keys`
 /// (or `force_kid`'s key), `iss`, `aud` and the times required.
 fn verify(
