@@ -175,8 +175,14 @@ pub struct AuthSettings {
     /// How long a sign-in waits for a verification slot before a 503.
     #[serde(with = "humantime_serde")]
     pub password_queue_timeout: Duration,
-    /// Failures before delays start.
+    /// Failures before delays start, per account and address, per address, and per
+    /// session for TOTP codes.
     pub throttle_free_failures: u32,
+    /// Failures before delays start for an account from all addresses together (and
+    /// for a person's TOTP codes from all sessions): far above `throttle_free_failures`,
+    /// so a stranger cannot lock the real person out, yet guessing spread over many
+    /// addresses is still bounded.
+    pub throttle_account_ceiling: u32,
     /// Longest delay.
     #[serde(with = "humantime_serde")]
     pub throttle_max_delay: Duration,
@@ -189,6 +195,10 @@ pub struct AuthSettings {
     /// Lifetime of a browser sign-in.
     #[serde(with = "humantime_serde")]
     pub web_session_lifetime: Duration,
+    /// How long a started TOTP enrolment waits for its first code (from the session
+    /// that started it).
+    #[serde(with = "humantime_serde")]
+    pub totp_enrolment_lifetime: Duration,
     /// How long a step-up (a fresh TOTP code) allows admin changes.
     #[serde(with = "humantime_serde")]
     pub step_up_lifetime: Duration,
@@ -638,6 +648,18 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             problems.push("database.max_connections must be at least 1".into());
+        }
+        if self.auth.throttle_account_ceiling < self.auth.throttle_free_failures {
+            problems.push(
+                "auth.throttle_account_ceiling must be at least auth.throttle_free_failures \
+                 (it bounds an account's failures from all addresses together)"
+                    .into(),
+            );
+        }
+        if self.auth.totp_enrolment_lifetime < Duration::from_secs(1)
+            || self.auth.totp_enrolment_lifetime > Duration::from_secs(3600)
+        {
+            problems.push("auth.totp_enrolment_lifetime must be between 1s and 1h".into());
         }
         if self.limits.max_body_bytes < 256 || self.limits.max_body_bytes > 1024 * 1024 {
             problems.push("limits.max_body_bytes must be between 256 and 1048576".into());

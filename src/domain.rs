@@ -424,6 +424,8 @@ pub struct DeviceCode {
     pub totp_verified: bool,
     /// Address the request came from (shown on the approval page).
     pub client_address: Option<String>,
+    /// The requesting program's `User-Agent` (cleaned and bounded), shown on the page.
+    pub client_user_agent: Option<String>,
 }
 
 /// The state of one throttle key after counting an attempt.

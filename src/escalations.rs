@@ -136,7 +136,8 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Principal, E
         Err(e) => return Err(store_err(e)),
     }
     let kind = if claims.client_id == people::CLI_CLIENT_ID {
-        let user = match state.store.user_by_username(&claims.sub).await {
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| EscalationError::Unauthenticated)?;
+        let user = match state.store.user_by_id(id).await {
             Ok(u) if !u.disabled => u,
             Ok(_) | Err(StoreError::NotFound) => return Err(EscalationError::Unauthenticated),
             Err(e) => return Err(store_err(e)),
@@ -687,7 +688,7 @@ pub async fn approve(
     let e = decidable(state, auth, id, "approve").await?;
     // SECURITY: invariant 4. Each approval needs its own fresh code; the time step is
     // consumed, so one code never approves twice.
-    people::confirm_totp(state, peer, &auth.user, totp_code, "escalation approval")
+    people::confirm_totp(state, peer, auth, totp_code, "escalation approval")
         .await
         .map_err(EscalationError::Totp)?;
     let at = now();

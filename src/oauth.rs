@@ -221,6 +221,7 @@ pub async fn client_credentials(
     let claims = AccessClaims {
         iss: state.settings.issuer(env_name),
         sub: agent.client_id.clone(),
+        username: None,
         aud: env.audience.clone(),
         client_id: agent.client_id.clone(),
         scope: scopes.join(" "),
@@ -317,7 +318,10 @@ pub async fn token_is_live(
     claims: &AccessClaims,
 ) -> Result<bool, StoreError> {
     let principal_live = if claims.client_id == crate::people::CLI_CLIENT_ID {
-        match state.store.user_by_username(&claims.sub).await {
+        let Ok(id) = Uuid::parse_str(&claims.sub) else {
+            return Ok(false);
+        };
+        match state.store.user_by_id(id).await {
             Ok(u) => !u.disabled,
             Err(StoreError::NotFound) => false,
             Err(e) => return Err(e),
@@ -403,6 +407,9 @@ pub async fn introspect(
         "token_type": "Bearer",
         "env": claims.env,
     });
+    if let Some(username) = claims.username {
+        out["username"] = serde_json::json!(username);
+    }
     if let Some(act) = claims.act {
         out["act"] = serde_json::json!({ "sub": act.sub });
     }

@@ -100,15 +100,83 @@ pub fn normalize_username(raw: &str) -> Option<String> {
     ok.then_some(u)
 }
 
-/// Throttle keys: the account (as a keyed hash, so a password typed as the username
-/// is never stored in clear) and the client address.
-fn throttle_keys(state: &AppState, username: &str, peer: Option<IpAddr>) -> Vec<String> {
-    let mut keys = vec![format!(
-        "user:{}",
-        hex::encode(state.hasher.hash("throttle", username))
-    )];
+/// One throttle counter and the failures it allows before delays start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottleKey {
+    /// The counter's name in the store (no typed username in clear).
+    pub key: String,
+    /// Attempts allowed before the first delay.
+    pub free: u32,
+}
+
+/// The address as the throttle sees it: IPv6 grouped by /64 (one host usually holds a
+/// whole /64), IPv4-mapped IPv6 as its IPv4.
+pub fn address_group(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+fn address_key(ip: IpAddr) -> String {
+    format!("ip:{}", address_group(ip))
+}
+
+/// Sign-in throttle keys. SECURITY: a stranger's failures must not lock the real person
+/// out, so the tight per-account limit is per (account, address); a much higher
+/// account-wide ceiling still stops guessing spread over many addresses; and the address
+/// is limited on its own. The account appears only as a keyed hash, so a password typed
+/// as the username is never stored in clear.
+fn sign_in_keys(state: &AppState, username: &str, peer: Option<IpAddr>) -> Vec<ThrottleKey> {
+    let auth = &state.settings.auth;
+    let account = hex::encode(state.hasher.hash("throttle", username));
+    let from = peer.map(address_group).unwrap_or_else(|| "-".into());
+    let mut keys = vec![
+        ThrottleKey {
+            key: format!("user:{account}@{from}"),
+            free: auth.throttle_free_failures,
+        },
+        ThrottleKey {
+            key: format!("user:{account}"),
+            free: auth.throttle_account_ceiling,
+        },
+    ];
     if let Some(ip) = peer {
-        keys.push(format!("ip:{ip}"));
+        keys.push(ThrottleKey {
+            key: address_key(ip),
+            free: auth.throttle_free_failures,
+        });
+    }
+    keys
+}
+
+/// Throttle keys of a TOTP code checked from a signed-in session (step-up, approvals,
+/// enrolment). They share nothing with sign-in keys: failed sign-ins by a stranger never
+/// block a signed-in approver. Each session has its own tight limit (a copied session
+/// file guesses slowly), and the person has an account-wide ceiling across sessions.
+fn code_keys(state: &AppState, auth: &Authenticated, peer: Option<IpAddr>) -> Vec<ThrottleKey> {
+    let s = &state.settings.auth;
+    let mut keys = vec![
+        ThrottleKey {
+            key: format!("code:session:{}", auth.session.id),
+            free: s.throttle_free_failures,
+        },
+        ThrottleKey {
+            key: format!("code:user:{}", auth.user.id),
+            free: s.throttle_account_ceiling,
+        },
+    ];
+    if let Some(ip) = peer {
+        keys.push(ThrottleKey {
+            key: format!("code:ip:{}", address_group(ip)),
+            free: s.throttle_account_ceiling,
+        });
     }
     keys
 }
@@ -125,9 +193,9 @@ pub struct BlockCache {
 impl BlockCache {
     const MAX_KEYS: usize = 10_000;
 
-    fn wait_us(&self, keys: &[String], at_us: i64) -> i64 {
+    fn wait_us<'a>(&self, keys: impl IntoIterator<Item = &'a str>, at_us: i64) -> i64 {
         let Ok(map) = self.until_us.lock() else { return 0 };
-        keys.iter()
+        keys.into_iter()
             .filter_map(|k| map.get(k))
             .map(|until| until - at_us)
             .max()
@@ -146,11 +214,9 @@ impl BlockCache {
         }
     }
 
-    fn forget(&self, keys: &[String]) {
+    fn forget(&self, key: &str) {
         if let Ok(mut map) = self.until_us.lock() {
-            for k in keys {
-                map.remove(k);
-            }
+            map.remove(key);
         }
     }
 }
@@ -160,7 +226,7 @@ impl BlockCache {
 pub fn address_blocked_for(state: &AppState, peer: Option<IpAddr>) -> Option<u64> {
     let ip = peer?;
     let at_us = (now().unix_timestamp_nanos() / 1000) as i64;
-    let wait = state.blocks.wait_us(&[format!("ip:{ip}")], at_us);
+    let wait = state.blocks.wait_us([address_key(ip).as_str()], at_us);
     (wait > 0).then(|| ((wait + 999_999) / 1_000_000).max(1) as u64)
 }
 
@@ -185,18 +251,11 @@ pub fn throttle_delay(attempts: i64, free: u32, max: Duration) -> Option<Duratio
 /// block has expired goes ahead and blocks the key again, for twice as long; every
 /// other attempt is refused. Concurrent attempts are counted one by one by the store,
 /// so a burst cannot slip past the limit. Returns the seconds to wait when throttled.
-async fn count_attempt(state: &AppState, keys: &[String]) -> Result<(), SignInError> {
+async fn count_attempt(state: &AppState, keys: &[ThrottleKey]) -> Result<(), SignInError> {
     let auth = &state.settings.auth;
     let at_us = (now().unix_timestamp_nanos() / 1000) as i64;
     let window = (auth.throttle_max_delay * 2).as_micros() as i64;
-    let rule = crate::store::ThrottleRule {
-        at_us,
-        window_start_cutoff_us: at_us - window,
-        free: i64::from(auth.throttle_free_failures),
-        base_delay_us: 1_000_000,
-        max_delay_us: auth.throttle_max_delay.as_micros() as i64,
-    };
-    let known = state.blocks.wait_us(keys, at_us);
+    let known = state.blocks.wait_us(keys.iter().map(|k| k.key.as_str()), at_us);
     if known > 0 {
         return Err(SignInError::Throttled(
             ((known + 999_999) / 1_000_000).max(1) as u64
@@ -204,20 +263,27 @@ async fn count_attempt(state: &AppState, keys: &[String]) -> Result<(), SignInEr
     }
     let mut wait_us = 0i64;
     for key in keys {
+        let rule = crate::store::ThrottleRule {
+            at_us,
+            window_start_cutoff_us: at_us - window,
+            free: i64::from(key.free),
+            base_delay_us: 1_000_000,
+            max_delay_us: auth.throttle_max_delay.as_micros() as i64,
+        };
         let a = state
             .store
-            .throttle_attempt(key, &rule)
+            .throttle_attempt(&key.key, &rule)
             .await
             .map_err(unavailable)?;
         let within_allowance = a.attempts <= rule.free;
         // The store set the block from this attempt's own clock only if it let it through.
-        let let_through = throttle_delay(a.attempts, auth.throttle_free_failures, auth.throttle_max_delay)
+        let let_through = throttle_delay(a.attempts, key.free, auth.throttle_max_delay)
             .is_some_and(|d| a.blocked_until_us == at_us + d.as_micros() as i64);
         if !within_allowance && !let_through {
             wait_us = wait_us.max(a.blocked_until_us - at_us);
         }
         if a.blocked_until_us > at_us {
-            state.blocks.remember(key, a.blocked_until_us, at_us);
+            state.blocks.remember(&key.key, a.blocked_until_us, at_us);
         }
     }
     if wait_us > 0 {
@@ -227,6 +293,31 @@ async fn count_attempt(state: &AppState, keys: &[String]) -> Result<(), SignInEr
     } else {
         Ok(())
     }
+}
+
+/// A check passed: the tight first key (this account from this address, or this
+/// session) starts again; every wider key gets this attempt back, so people behind one
+/// NAT, or one person's own successes, do not use up a shared allowance.
+async fn release_attempt(state: &AppState, keys: &[ThrottleKey]) -> Result<(), SignInError> {
+    let Some((first, wider)) = keys.split_first() else {
+        return Ok(());
+    };
+    state
+        .store
+        .throttle_release(&first.key)
+        .await
+        .map_err(unavailable)?;
+    state.blocks.forget(&first.key);
+    for key in wider {
+        // The cache can only refuse earlier than the store; the store re-decides.
+        state.blocks.forget(&key.key);
+        state
+            .store
+            .throttle_undo(&key.key, i64::from(key.free))
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 async fn audit_sign_in_failure(
@@ -263,7 +354,7 @@ pub async fn sign_in(
     via: &str,
 ) -> Result<SignedIn, SignInError> {
     let username = normalize_username(raw_username).unwrap_or_else(|| "[invalid]".into());
-    let keys = throttle_keys(state, &username, peer);
+    let keys = sign_in_keys(state, &username, peer);
     if let Err(e) = count_attempt(state, &keys).await {
         if let SignInError::Throttled(_) = e {
             audit_sign_in_failure(state, peer, None, "throttled", via).await?;
@@ -309,7 +400,7 @@ pub async fn sign_in(
             for key in &keys {
                 state
                     .store
-                    .throttle_undo(key, i64::from(state.settings.auth.throttle_free_failures))
+                    .throttle_undo(&key.key, i64::from(key.free))
                     .await
                     .map_err(unavailable)?;
             }
@@ -321,21 +412,9 @@ pub async fn sign_in(
         }
         totp_used = true;
     }
-    // Success: the account's count starts again, and the shared address gets its
-    // attempt back (people behind one NAT should not throttle each other by succeeding).
-    state
-        .store
-        .throttle_release(&keys[0])
-        .await
-        .map_err(unavailable)?;
-    state.blocks.forget(&keys);
-    if let Some(ip_key) = keys.get(1) {
-        state
-            .store
-            .throttle_undo(ip_key, i64::from(state.settings.auth.throttle_free_failures))
-            .await
-            .map_err(unavailable)?;
-    }
+    // Success: this account's count from this address starts again, and the wider
+    // counters get the attempt back.
+    release_attempt(state, &keys).await?;
     Ok(SignedIn {
         user,
         totp_verified: totp_used,
@@ -605,16 +684,18 @@ pub fn is_stepped_up(state: &AppState, auth: &Authenticated) -> bool {
         .is_some_and(|t| now() - t < state.settings.auth.step_up_lifetime)
 }
 
-/// Confirm a fresh TOTP code of `user` (throttled like a sign-in; the code's time step
-/// is consumed, so it can never be replayed). `via` names the action in the audit trail.
+/// Confirm a fresh TOTP code of the signed-in person (throttled per session and per
+/// person, never by failed sign-ins; the code's time step is consumed, so it can never
+/// be replayed). `via` names the action in the audit trail.
 pub async fn confirm_totp(
     state: &AppState,
     peer: Option<IpAddr>,
-    user: &User,
+    auth: &Authenticated,
     code: &str,
     via: &str,
 ) -> Result<(), SignInError> {
-    let keys = throttle_keys(state, &user.username, peer);
+    let user = &auth.user;
+    let keys = code_keys(state, auth, peer);
     count_attempt(state, &keys).await?;
     if !user.totp_enrolled() {
         return Err(SignInError::TotpRequired);
@@ -623,20 +704,7 @@ pub async fn confirm_totp(
         audit_sign_in_failure(state, peer, Some(user), "wrong_or_replayed_totp", via).await?;
         return Err(SignInError::TotpInvalid);
     }
-    state
-        .store
-        .throttle_release(&keys[0])
-        .await
-        .map_err(unavailable)?;
-    state.blocks.forget(&keys);
-    if let Some(ip_key) = keys.get(1) {
-        state
-            .store
-            .throttle_undo(ip_key, i64::from(state.settings.auth.throttle_free_failures))
-            .await
-            .map_err(unavailable)?;
-    }
-    Ok(())
+    release_attempt(state, &keys).await
 }
 
 /// Step up: confirm a fresh TOTP code for this session (needed for admin changes and
@@ -647,7 +715,7 @@ pub async fn step_up(
     auth: &Authenticated,
     code: &str,
 ) -> Result<(), SignInError> {
-    confirm_totp(state, peer, &auth.user, code, "step-up").await?;
+    confirm_totp(state, peer, auth, code, "step-up").await?;
     state
         .store
         .step_up_session(auth.session.id, now())
@@ -852,8 +920,14 @@ pub async fn exchange(
                 .await?;
             return Err(refusal_error(&refusal, env_name));
         };
-        if env.tier == crate::config::Tier::Prod {
-            bind_prod_grant(state, &auth, &grant, &refuse).await?;
+        // A grant that reaches production, or covers a destructive scope in any
+        // environment, is bound to one session after a fresh step-up.
+        let destructive = grant
+            .scopes
+            .iter()
+            .any(|s| crate::policy::escalation::is_destructive(&state.settings, s));
+        if env.tier == crate::config::Tier::Prod || destructive {
+            bind_grant(state, &auth, &grant, &refuse).await?;
         }
         Some(grant)
     };
@@ -874,7 +948,8 @@ pub async fn exchange(
     }
     let claims = AccessClaims {
         iss: state.settings.issuer(env_name),
-        sub: user.username.clone(),
+        sub: user.id.to_string(),
+        username: Some(user.username.clone()),
         aud: env.audience.clone(),
         client_id: CLI_CLIENT_ID.into(),
         scope: scopes.join(" "),
@@ -929,9 +1004,10 @@ async fn record(state: &AppState, event: NewAuditEvent) -> Result<(), OAuthError
         .map_err(|_| OAuthError::Unavailable)
 }
 
-/// Invariant 3 for people: a prod-tier grant is used only from the session that first
-/// used it, and that first use needs a TOTP code confirmed after the grant started.
-async fn bind_prod_grant(
+/// Invariants 3 and 5 for people: a prod-tier grant, or one covering a destructive
+/// scope, is used only from the session that first used it, and that first use needs a
+/// TOTP code confirmed after the grant started (so a copied session file cannot use it).
+async fn bind_grant(
     state: &AppState,
     auth: &Authenticated,
     grant: &crate::domain::Grant,
@@ -960,7 +1036,7 @@ async fn bind_prod_grant(
     if !stepped_up {
         audit(refuse("step_up_required")).await?;
         return Err(OAuthError::StepUpRequired(
-            "your first production token under this grant needs a fresh TOTP code: \
+            "your first token under this grant needs a fresh TOTP code: \
              run `airlock step-up`, then ask again (airlock token does this for you)"
                 .into(),
         ));
@@ -1041,10 +1117,39 @@ pub fn normalize_user_code(raw: &str) -> Option<String> {
         .then(|| format!("{}-{}", &c[..4], &c[4..]))
 }
 
+/// Longest `User-Agent` kept for the device approval page.
+const MAX_USER_AGENT_CHARS: usize = 160;
+
+/// A `User-Agent` fit to show a person: control and format characters (which could
+/// reorder or hide text) become spaces, runs of spaces fold, and it is cut to
+/// [`MAX_USER_AGENT_CHARS`]. `None` when nothing printable is left.
+pub fn clean_user_agent(raw: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut buf = [0u8; 4];
+    for c in raw.chars() {
+        let c = if crate::policy::escalation::has_control_chars(c.encode_utf8(&mut buf)) {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && (out.is_empty() || out.ends_with(' ')) {
+            continue;
+        }
+        if out.chars().count() >= MAX_USER_AGENT_CHARS {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    let out = out.trim_end().to_string();
+    (!out.is_empty()).then_some(out)
+}
+
 /// `POST /oauth/device_authorization`.
 pub async fn device_authorize(
     state: &AppState,
     peer: Option<IpAddr>,
+    user_agent: Option<&str>,
     client_id: &str,
 ) -> Result<DeviceAuthorization, OAuthError> {
     if client_id != CLI_CLIENT_ID {
@@ -1071,6 +1176,7 @@ pub async fn device_authorize(
             user_id: None,
             totp_verified: false,
             client_address: peer.map(|p| p.to_string()),
+            client_user_agent: user_agent.and_then(clean_user_agent),
         };
         let event = NewAuditEvent::new("device.requested", "anonymous", Outcome::Success)
             .subject(code.id.to_string())
@@ -1157,8 +1263,12 @@ pub async fn device_poll(
             if user.disabled {
                 return Err(OAuthError::AccessDenied("this account is disabled".into()));
             }
-            // The CLI session is as strong as the browser sign-in that approved it.
-            let session = new_session(state, &user, SessionKind::Cli, None, code.totp_verified);
+            // SECURITY: RFC 8628 section 5.4. Whoever started this login may not be the
+            // person who approved it in the browser (an agent can get a code approved), so
+            // the CLI session starts without TOTP: approver and admin rights count only
+            // after `airlock step-up` from the CLI itself, with a code from the person's
+            // authenticator.
+            let session = new_session(state, &user, SessionKind::Cli, None, false);
             let refresh = random_token("airlock_refresh_")?;
             let event = session_event("session.created", &user, &session, "device");
             match state
@@ -1258,6 +1368,19 @@ pub enum ManageError {
     /// The store failed.
     #[error("the store is unavailable")]
     Unavailable,
+    /// Too many wrong codes: retry after this many seconds.
+    #[error("too many failed attempts; try again in {0} seconds")]
+    Throttled(u64),
+}
+
+impl From<SignInError> for ManageError {
+    fn from(e: SignInError) -> Self {
+        match e {
+            SignInError::Throttled(s) => ManageError::Throttled(s),
+            SignInError::Busy => ManageError::Busy,
+            _ => ManageError::Unavailable,
+        }
+    }
 }
 
 impl From<StoreError> for ManageError {
@@ -1461,24 +1584,37 @@ pub struct TotpEnrolment {
     pub otpauth_uri: String,
 }
 
-/// Start TOTP enrolment: a new pending secret (replacing any earlier pending one).
-pub async fn totp_begin(state: &AppState, user: &User) -> Result<TotpEnrolment, ManageError> {
+/// SECURITY: a pending secret is sealed under a context naming the session that
+/// started it, with its start time inside the sealed text, so only that session can
+/// finish it and only for `auth.totp_enrolment_lifetime`; neither can be edited in the
+/// store without breaking the seal.
+fn pending_totp_context(user: Uuid, session: Uuid) -> String {
+    format!("totp-pending:{user}:{session}")
+}
+
+/// Start TOTP enrolment from `auth`'s session: a new pending secret (replacing any
+/// earlier pending one).
+pub async fn totp_begin(state: &AppState, auth: &Authenticated) -> Result<TotpEnrolment, ManageError> {
+    let user = &auth.user;
     if user.totp_enrolled() {
         return Err(ManageError::Conflict(
             "TOTP is already enrolled; an admin can reset it (airlock user reset --totp)".into(),
         ));
     }
     let secret = crate::totp::new_secret().map_err(|_| ManageError::Unavailable)?;
+    let mut plain = zeroize::Zeroizing::new(now().unix_timestamp().to_be_bytes().to_vec());
+    plain.extend_from_slice(&secret);
     let sealed = state
         .master
-        .seal(&totp_context(user.id), &secret)
+        .seal(&pending_totp_context(user.id, auth.session.id), &plain)
         .map_err(|_| ManageError::Unavailable)?;
     let event = NewAuditEvent::new(
         "totp.enrolment_started",
         format!("user:{}", user.username),
         Outcome::Success,
     )
-    .subject(user.username.clone());
+    .subject(user.username.clone())
+    .detail("session", auth.session.id.to_string());
     state
         .store
         .update_user(user.id, UserChange::TotpPending(sealed), event)
@@ -1489,20 +1625,53 @@ pub async fn totp_begin(state: &AppState, user: &User) -> Result<TotpEnrolment, 
     })
 }
 
-/// Finish enrolment with a correct code from the new secret.
-pub async fn totp_activate(state: &AppState, user: &User, code: &str) -> Result<(), ManageError> {
+/// Finish enrolment with a correct code from the new secret, from the session that
+/// started it, within `auth.totp_enrolment_lifetime`. Every attempt is counted like any
+/// other code check (per session, per person, per address), before anything is checked.
+pub async fn totp_activate(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    auth: &Authenticated,
+    code: &str,
+) -> Result<(), ManageError> {
+    let user = &auth.user;
     let Some(pending) = &user.totp_pending_sealed else {
         return Err(ManageError::Conflict(
             "no enrolment in progress; start with airlock totp enroll".into(),
         ));
     };
-    let secret = state
+    let keys = code_keys(state, auth, peer);
+    count_attempt(state, &keys).await?;
+    let Ok(plain) = state
         .master
-        .open(&totp_context(user.id), pending)
+        .open(&pending_totp_context(user.id, auth.session.id), pending)
+    else {
+        return Err(ManageError::Conflict(
+            "this enrolment was started from another session; start again here with \
+             airlock totp enroll"
+                .into(),
+        ));
+    };
+    let (started, secret) = plain.split_at(8.min(plain.len()));
+    let started = i64::from_be_bytes(started.try_into().map_err(|_| ManageError::Unavailable)?);
+    let at = now();
+    let lifetime = state.settings.auth.totp_enrolment_lifetime;
+    if at.unix_timestamp() - started > lifetime.as_secs() as i64 {
+        return Err(ManageError::Conflict(format!(
+            "this enrolment has expired (it lasts {}); start again with airlock totp enroll",
+            humantime::format_duration(lifetime)
+        )));
+    }
+    let Some(step) = crate::totp::matching_step(secret, code, at.unix_timestamp()) else {
+        audit_sign_in_failure(state, peer, Some(user), "wrong_totp", "totp-enrolment").await?;
+        return Err(ManageError::Invalid(
+            "that code does not match; check the time on your device".into(),
+        ));
+    };
+    let sealed = state
+        .master
+        .seal(&totp_context(user.id), secret)
         .map_err(|_| ManageError::Unavailable)?;
-    let step = crate::totp::matching_step(&secret, code, now().unix_timestamp()).ok_or_else(|| {
-        ManageError::Invalid("that code does not match; check the time on your device".into())
-    })?;
     let event = NewAuditEvent::new(
         "totp.enrolled",
         format!("user:{}", user.username),
@@ -1511,15 +1680,9 @@ pub async fn totp_activate(state: &AppState, user: &User, code: &str) -> Result<
     .subject(user.username.clone());
     state
         .store
-        .update_user(
-            user.id,
-            UserChange::TotpActivate {
-                sealed: pending.clone(),
-                step,
-            },
-            event,
-        )
+        .update_user(user.id, UserChange::TotpActivate { sealed, step }, event)
         .await?;
+    release_attempt(state, &keys).await?;
     Ok(())
 }
 

@@ -316,6 +316,13 @@ fn api_error(status: reqwest::StatusCode, body: &[u8]) -> anyhow::Error {
 /// A plain HTTP client with sane timeouts.
 pub fn http() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
+        // The device approval page shows this to the person approving a sign-in.
+        .user_agent(format!(
+            "airlock-cli/{} ({}; {})",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        ))
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(40))
         .build()?)

@@ -157,7 +157,7 @@ async fn begin_totp(
     )
     .await
     .map_err(ApiError::SignIn)?;
-    let e = people::totp_begin(&state, user).await?;
+    let e = people::totp_begin(&state, &caller.0).await?;
     Ok(super::tokens::no_store_json(e))
 }
 
@@ -182,10 +182,12 @@ struct Code {
 
 async fn activate_totp(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     caller: Caller,
     AppJson(body): AppJson<Code>,
 ) -> Result<StatusCode, ApiError> {
-    people::totp_activate(&state, &caller.0.user, &body.code).await?;
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    people::totp_activate(&state, peer, &caller.0, &body.code).await?;
     // The person just proved the code: this session counts as signed in with TOTP.
     state
         .store

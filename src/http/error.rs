@@ -98,6 +98,7 @@ impl From<crate::people::ManageError> for ApiError {
             M::Conflict(m) => ApiError::Conflict(m),
             M::Busy => ApiError::Unavailable("too busy; retry shortly"),
             M::Unavailable => ApiError::Unavailable("the store is unavailable; retry shortly"),
+            M::Throttled(secs) => ApiError::SignIn(crate::people::SignInError::Throttled(secs)),
         }
     }
 }

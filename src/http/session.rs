@@ -67,7 +67,10 @@ async fn device_authorization(
         Err(e) => return e.into_response(),
     };
     let client_id = params.client_id.unwrap_or_default();
-    match people::device_authorize(&state, peer_ip(peer), &client_id).await {
+    let user_agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match people::device_authorize(&state, peer_ip(peer), user_agent.as_deref(), &client_id).await {
         Ok(d) => no_store_json(d),
         Err(e) => e.into_response(),
     }

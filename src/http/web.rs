@@ -98,9 +98,11 @@ async fn serve_stylesheet() -> Response {
 /// `GET /device[?user_code=...]`: sign in, then enter or confirm the code.
 async fn show_device(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    let browser: Option<IpAddr> = peer.map(|Extension(ConnectInfo(a))| a.ip());
     let typed = query
         .as_deref()
         .and_then(|q| {
@@ -128,7 +130,7 @@ async fn show_device(
         return enter_code_page(&nav, StatusCode::OK, None, "");
     };
     match people::pending_device(&state, &typed).await {
-        Ok(code) => confirm_page(&nav, &code),
+        Ok(code) => confirm_page(&nav, &code, browser),
         Err(DeviceError::Unknown) => {
             enter_code_page(&nav, StatusCode::BAD_REQUEST, Some(UNKNOWN_CODE), &typed)
         }
@@ -364,7 +366,7 @@ async fn show_totp(State(state): State<AppState>, headers: HeaderMap) -> Respons
     if auth.user.totp_enrolled() {
         return already_enrolled_page(&nav);
     }
-    match people::totp_begin(&state, &auth.user).await {
+    match people::totp_begin(&state, &auth).await {
         Ok(enrolment) => totp_page(&nav, Some(&enrolment), StatusCode::OK, None),
         Err(ManageError::Conflict(_)) => already_enrolled_page(&nav),
         Err(_) => unavailable_page(Some(&nav)),
@@ -372,7 +374,13 @@ async fn show_totp(State(state): State<AppState>, headers: HeaderMap) -> Respons
 }
 
 /// `POST /totp`: activate with the first code.
-async fn activate_totp(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn activate_totp(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let peer: Option<IpAddr> = peer.map(|Extension(ConnectInfo(a))| a.ip());
     let form = match read_form(&state, &headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -400,7 +408,7 @@ async fn activate_totp(State(state): State<AppState>, headers: HeaderMap, body: 
         return already_enrolled_page(&nav);
     }
     let code = form.get("code").unwrap_or_default();
-    let activated = match people::totp_activate(&state, &auth.user, code).await {
+    let activated = match people::totp_activate(&state, peer, &auth, code).await {
         // The person just proved the code: this browser session counts as TOTP-verified.
         Ok(()) => state
             .store
@@ -418,6 +426,13 @@ async fn activate_totp(State(state): State<AppState>, headers: HeaderMap, body: 
             "Your authenticator app is set up. From now on, signing in asks for a code from it.",
         ),
         Err(ManageError::Invalid(m)) => totp_page(&nav, None, StatusCode::BAD_REQUEST, Some(&m)),
+        Err(e @ ManageError::Throttled(_)) => message_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts",
+            Some(&nav),
+            Tone::Error,
+            &e.to_string(),
+        ),
         Err(ManageError::Conflict(m)) => message_page(
             StatusCode::CONFLICT,
             "Nothing to activate",
@@ -559,7 +574,7 @@ fn enter_code_page(nav: &Nav, status: StatusCode, message: Option<&str>, typed: 
     html(status, "Approve a sign-in", Some(nav), &body)
 }
 
-fn confirm_page(nav: &Nav, request: &crate::domain::DeviceCode) -> Response {
+fn confirm_page(nav: &Nav, request: &crate::domain::DeviceCode, browser: Option<IpAddr>) -> Response {
     let user_code = request.user_code.as_str();
     // RFC 8628 section 5.4: give the person what they need to judge the request.
     let age = (crate::domain::now() - request.created_at).whole_seconds().max(0);
@@ -569,12 +584,37 @@ fn confirm_page(nav: &Nav, request: &crate::domain::DeviceCode) -> Response {
         format!("{} minutes ago", age / 60)
     };
     let from = request.client_address.as_deref().unwrap_or("an unknown address");
+    let program = request
+        .client_user_agent
+        .as_deref()
+        .unwrap_or("a program that did not say what it is");
+    // SECURITY: device-code phishing. A code started on another machine (an agent, or
+    // someone who sent this link) is the typical attack: say so plainly when the
+    // request did not come from where this browser is.
+    let same_place = match (request.client_address.as_deref(), browser) {
+        (Some(client), Some(browser)) => client
+            .parse::<IpAddr>()
+            .is_ok_and(|c| people::address_group(c) == people::address_group(browser)),
+        _ => false,
+    };
+    let warning = if same_place {
+        String::new()
+    } else {
+        format!(
+            "<p class=\"error\" id=\"elsewhere\" role=\"alert\">This request came from a \
+             different address than this browser ({browser}). If you did not start \
+             <code>airlock login</code> on that machine yourself, deny: someone may be trying \
+             to get you to sign them in.</p>\n",
+            browser = escape(&browser.map(|b| b.to_string()).unwrap_or_else(|| "unknown".into())),
+        )
+    };
     let body = format!(
         r#"<p id="request">A terminal is asking to sign in as <strong>{user}</strong>.</p>
 <p>Code: <span class="code" id="user-code">{code}</span></p>
-<p id="origin">Requested {when} from <strong>{from}</strong>.</p>
-<p>Only approve if this is the code your terminal shows. If you did not just run
-<code>airlock login</code>, deny.</p>
+<p id="origin">Requested {when} from <strong>{from}</strong> by <strong id="user-agent">{program}</strong>.</p>
+{warning}<p>Only approve if this is the code your terminal shows. If you did not just run
+<code>airlock login</code>, deny. Approver and admin rights in that terminal need
+<code>airlock step-up</code> with your authenticator there.</p>
 <form method="post" action="device" class="decide" id="decide">
 <input type="hidden" name="{CSRF_FIELD}" value="{csrf}">
 <input type="hidden" name="user_code" value="{code}">
@@ -587,6 +627,7 @@ fn confirm_page(nav: &Nav, request: &crate::domain::DeviceCode) -> Response {
         csrf = escape(&nav.csrf),
         when = escape(&when),
         from = escape(from),
+        program = escape(program),
     );
     html(StatusCode::OK, "Approve a sign-in", Some(nav), &body)
 }

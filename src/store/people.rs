@@ -233,6 +233,7 @@ pub(super) struct DeviceRow {
     user_id: Option<Uuid>,
     totp_verified: bool,
     client_address: Option<String>,
+    client_user_agent: Option<String>,
 }
 
 impl TryFrom<DeviceRow> for DeviceCode {
@@ -252,6 +253,7 @@ impl TryFrom<DeviceRow> for DeviceCode {
             user_id: r.user_id,
             totp_verified: r.totp_verified,
             client_address: r.client_address,
+            client_user_agent: r.client_user_agent,
         })
     }
 }
@@ -261,7 +263,7 @@ pub(super) const USER_COLUMNS: &str = "id, username, password_hash, roles, totp_
 pub(super) const SESSION_COLUMNS: &str = "id, user_id, kind, secret_hash, created_at, last_used_at, \
      expires_at, revoked_at, revoked_reason, totp_verified, stepped_up_at";
 pub(super) const DEVICE_COLUMNS: &str = "id, device_code_hash, user_code, client_id, status, interval_secs, \
-     created_at, expires_at, last_polled_at, user_id, totp_verified, client_address";
+     created_at, expires_at, last_polled_at, user_id, totp_verified, client_address, client_user_agent";
 
 /// Expand [`PeopleStore`] for a backend (same contract as `impl_sql_store!`, whose
 /// `append_in_tx` it uses).
@@ -682,7 +684,8 @@ macro_rules! impl_people_store {
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
                 sqlx::query(
                     "insert into device_codes (id, device_code_hash, user_code, client_id, status, interval_secs, \
-                     created_at, expires_at, client_address) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     created_at, expires_at, client_address, client_user_agent) \
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(code.id)
                 .bind(&code.device_code_hash)
@@ -693,6 +696,7 @@ macro_rules! impl_people_store {
                 .bind(code.created_at)
                 .bind(code.expires_at)
                 .bind(&code.client_address)
+                .bind(&code.client_user_agent)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;

@@ -85,8 +85,11 @@ pub struct Actor {
 pub struct AccessClaims {
     /// `{public_url}/envs/{env}`.
     pub iss: String,
-    /// The agent's client id, or the person.
+    /// The agent's client id, or the person's stable id (a UUID: a username can change).
     pub sub: String,
+    /// A person's username when the token was issued, for display; absent for agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     /// The environment's audience.
     pub aud: String,
     /// The OAuth client the token was issued to.

@@ -35,6 +35,7 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; f
 
 crate::both_backends!(
     the_device_flow_signs_in_with_password_and_totp_in_a_real_browser,
+    a_device_request_from_another_address_is_flagged_with_its_program,
     airlock_login_is_approved_in_the_browser_and_then_mints_a_staging_token,
     denying_in_the_browser_makes_the_terminal_get_access_denied,
     a_wrong_password_or_totp_code_shows_an_error_and_signs_nobody_in,
@@ -254,7 +255,7 @@ fn unix_now() -> i64 {
 
 impl Person {
     async fn create(app: &TestApp, username: &str, totp: bool) -> Person {
-        let user = people::create_user(
+        people::create_user(
             &app.state,
             "test",
             username,
@@ -269,15 +270,7 @@ impl Person {
             last_step: 0,
         };
         if totp {
-            let enrolment = people::totp_begin(&app.state, &user).await.expect("totp begin");
-            let secret = BASE32_NOPAD
-                .decode(enrolment.secret.as_bytes())
-                .expect("base32 secret");
-            let pending = people::find_user(&app.state, username).await.expect("person");
-            let step = step_at(unix_now());
-            people::totp_activate(&app.state, &pending, &code_at(&secret, step))
-                .await
-                .expect("totp activated");
+            let (secret, step) = app.enrol_totp(username, PASSWORD).await;
             person.secret = Some(secret);
             person.last_step = step;
         }
@@ -378,6 +371,11 @@ async fn the_device_flow_signs_in_with_password_and_totp_in_a_real_browser(backe
         origin.starts_with("Requested ") && origin.contains("from 127.0.0.1"),
         "{origin}"
     );
+    assert_eq!(
+        text_of(c, "#user-agent").await,
+        "a program that did not say what it is"
+    );
+    assert!(!present(c, "#elsewhere").await, "same address: no warning");
     maybe_screenshot(c, &format!("device-approval-{backend:?}").to_lowercase()).await;
     click(c, "#approve").await;
     let result = wait_for_text(c, "#result", "Approved").await;
@@ -389,6 +387,50 @@ async fn the_device_flow_signs_in_with_password_and_totp_in_a_real_browser(backe
     assert!(!str_of(&tokens, "access_token").is_empty());
     assert!(str_of(&tokens, "refresh_token").starts_with("airlock_refresh_"));
     assert_eq!(tokens["username"], "alice");
+    browser.close().await;
+}
+
+async fn a_device_request_from_another_address_is_flagged_with_its_program(backend: Backend) {
+    // Arrange: a program at another address starts a login (device-code phishing,
+    // RFC 8628 section 5.4) and alice opens its link.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let c = &browser.client;
+    let mut alice = Person::create(&app, "alice", true).await;
+    let elsewhere = reqwest::Client::builder()
+        .local_address("127.0.0.7".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = elsewhere
+        .post(app.url("/oauth/device_authorization"))
+        .header("user-agent", "helpful-agent/1.0 \u{202e}(trusted)")
+        .form(&[("client_id", people::CLI_CLIENT_ID)])
+        .send()
+        .await
+        .expect("device authorization");
+    let device: Value = r.json().await.expect("json");
+
+    // Act
+    c.goto(str_of(&device, "verification_uri_complete"))
+        .await
+        .expect("open page");
+    let code = alice.fresh_code().await;
+    sign_in(c, &alice.username, PASSWORD, Some(&code)).await;
+
+    // Assert: the page names the program (cleaned) and the other address, and warns.
+    let origin = text_of(c, "#origin").await;
+    assert!(origin.contains("from 127.0.0.7"), "{origin}");
+    assert_eq!(text_of(c, "#user-agent").await, "helpful-agent/1.0 (trusted)");
+    let warning = text_of(c, "#elsewhere").await;
+    assert!(
+        warning.contains("different address than this browser (127.0.0.1)"),
+        "{warning}"
+    );
+    maybe_screenshot(c, &format!("device-elsewhere-{backend:?}").to_lowercase()).await;
     browser.close().await;
 }
 
@@ -966,7 +1008,7 @@ const MIGRATION: &str = "run migration 0042 (TICKET-118)";
 /// A person with `roles` and TOTP enrolled, signed in nowhere yet, so their next two
 /// codes come without waiting for the clock.
 async fn enrolled(app: &TestApp, username: &str, roles: &[&str]) -> support::Person {
-    let user = people::create_user(
+    people::create_user(
         &app.state,
         "test",
         username,
@@ -975,15 +1017,7 @@ async fn enrolled(app: &TestApp, username: &str, roles: &[&str]) -> support::Per
     )
     .await
     .expect("person created");
-    let enrolment = people::totp_begin(&app.state, &user).await.expect("totp begin");
-    let secret = BASE32_NOPAD
-        .decode(enrolment.secret.as_bytes())
-        .expect("base32 secret");
-    let pending = people::find_user(&app.state, username).await.expect("person");
-    let step = step_at(unix_now()) - 1;
-    people::totp_activate(&app.state, &pending, &code_at(&secret, step))
-        .await
-        .expect("totp activated");
+    let (secret, step) = app.enrol_totp(username, support::PASSWORD).await;
     support::Person {
         user: people::find_user(&app.state, username).await.expect("person"),
         secret,

@@ -381,7 +381,16 @@ async fn escalate_wait_returns_the_grant_when_an_approver_says_yes_and_token_ste
     let c = claims(out.stdout.trim());
     assert_eq!(c["grant"], grant_id.as_str());
     assert_eq!(c["scope"], "db:write");
-    assert_eq!(c["sub"], "bob");
+    // A person's subject is their stable id; the username is beside it.
+    assert_eq!(
+        c["sub"],
+        airlock::people::find_user(&app.state, "bob")
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    );
+    assert_eq!(c["username"], "bob");
     // The grant is now bound to this session: no second code is needed.
     let out = t
         .run(&["token", "--env", "prod", "--scope", "db:write"], "")

@@ -6,8 +6,8 @@
 //!    of the agent's own environment; DESIGN.md invariant 2);
 //! 2. does any token outlive its grant or its environment's `max_ttl`, or a prod-tier or
 //!    destructive token exist without a grant that covers its scopes and its holder
-//!    (invariants 3, 5, 6); a person's prod token also needs the grant bound to their
-//!    session after a step-up;
+//!    (invariants 3, 5, 6); a person's prod token, or one under a destructive grant,
+//!    also needs the grant bound to their session after a step-up;
 //! 3. does a grant exist without a quorum of distinct, eligible (approver role, TOTP
 //!    enrolled, session signed in with TOTP) approvers who are not the requester, not
 //!    only the sponsor, each of whom confirmed a fresh TOTP code (invariant 4).
@@ -635,10 +635,6 @@ impl World {
         self.procs.iter().find(|(x, _)| *x == pr).unwrap().1.token.clone()
     }
 
-    fn person_by_name(&self, name: &str) -> Option<P> {
-        PEOPLE.into_iter().find(|p| p.name() == name)
-    }
-
     fn person_by_id(&self, id: Uuid) -> Option<P> {
         self.people
             .iter()
@@ -808,9 +804,15 @@ impl World {
         // The scopes only a grant can give: prod-tier (people), destructive (everyone),
         // and anything beyond the person's roles or the agent's registration.
         let (holder, person, gated) = if client_id == "airlock-cli" {
-            let p = self
-                .person_by_name(c["sub"].as_str().unwrap_or_default())
+            // A person's subject is their stable id; the username is for display.
+            let p = Uuid::parse_str(c["sub"].as_str().unwrap_or_default())
+                .ok()
+                .and_then(|id| self.person_by_id(id))
                 .ok_or_else(|| format!("{what}: a person token for someone unknown"))?;
+            ensure!(
+                c["username"] == p.name(),
+                "{what}: a person token whose username claim is not theirs"
+            );
             let role: &[&str] = if p.is_developer() {
                 env_id.developer_scopes()
             } else {
@@ -908,9 +910,10 @@ impl World {
                 "PROPERTY 2 BROKEN: {what}: minted after its grant was revoked"
             );
         }
-        // A person's prod token: the grant is bound to their session, which stepped up
-        // after the grant started.
-        if let (true, Some(p)) = (prod, person) {
+        // A person's prod or destructive-grant token: the grant is bound to their
+        // session, which stepped up after the grant started.
+        let binds = prod || g.scopes.iter().any(|s| is_destructive(s));
+        if let (true, Some(p)) = (binds, person) {
             let sid = self.people[&p].sid;
             ensure!(
                 g.session_id == Some(sid),
@@ -1537,7 +1540,11 @@ impl World {
                 .all_grants()
                 .await
                 .iter()
-                .filter(|g| g.environment == "prod" && g.session_id.is_none() && Self::surely_active(g))
+                .filter(|g| {
+                    (g.environment == "prod" || g.scopes.iter().any(|s| is_destructive(s)))
+                        && g.session_id.is_none()
+                        && Self::surely_active(g)
+                })
                 .filter_map(|g| {
                     PEOPLE
                         .into_iter()
@@ -1740,7 +1747,8 @@ impl World {
                 )
             };
         };
-        if !prod {
+        // Prod-tier and destructive grants are bound to one stepped-up session.
+        if !prod && !g.scopes.iter().any(|s| is_destructive(s)) {
             return (Expect::Is(StatusCode::OK), None);
         }
         let sid = self.people[&p].sid;
@@ -1917,7 +1925,10 @@ async fn enrol_person(app: &TestApp, p: P) -> PersonRt {
     if !p.has_totp() {
         return rt;
     }
-    let enrolment = airlock::people::totp_begin(&app.state, &rt.user)
+    let auth = airlock::people::authenticate_session(&app.state, &rt.session_token)
+        .await
+        .expect("session authenticates");
+    let enrolment = airlock::people::totp_begin(&app.state, &auth)
         .await
         .expect("enrolment begins");
     let secret = data_encoding::BASE32_NOPAD

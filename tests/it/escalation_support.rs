@@ -77,17 +77,7 @@ pub async fn person_with_totp(app: &TestApp, username: &str, roles: &[&str]) -> 
     )
     .await
     .expect("person created");
-    let enrolment = people::totp_begin(&app.state, &user)
-        .await
-        .expect("enrolment begins");
-    let secret = data_encoding::BASE32_NOPAD
-        .decode(enrolment.secret.as_bytes())
-        .expect("base32 secret");
-    let pending = people::find_user(&app.state, username).await.unwrap();
-    let step = current_step() - 1;
-    people::totp_activate(&app.state, &pending, &airlock::totp::code_at(&secret, step))
-        .await
-        .expect("enrolment activates");
+    let (secret, step) = app.enrol_totp(&user.username, PASSWORD).await;
     let user = people::find_user(&app.state, username).await.unwrap();
     let mut p = Person {
         user,

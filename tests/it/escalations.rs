@@ -83,16 +83,7 @@ async fn person_without_totp(app: &TestApp, username: &str, roles: &[&str]) -> S
 /// codes are valid, but this session never confirmed one.
 async fn person_enrolled_after_sign_in(app: &TestApp, username: &str, roles: &[&str]) -> Person {
     let token = person_without_totp(app, username, roles).await;
-    let user = airlock::people::find_user(&app.state, username).await.unwrap();
-    let enrolment = airlock::people::totp_begin(&app.state, &user).await.unwrap();
-    let secret = data_encoding::BASE32_NOPAD
-        .decode(enrolment.secret.as_bytes())
-        .expect("base32 secret");
-    let pending = airlock::people::find_user(&app.state, username).await.unwrap();
-    let step = airlock::totp::step_at(OffsetDateTime::now_utc().unix_timestamp()) - 1;
-    airlock::people::totp_activate(&app.state, &pending, &airlock::totp::code_at(&secret, step))
-        .await
-        .expect("enrolment activates");
+    let (secret, step) = app.enrol_totp(username, PASSWORD).await;
     Person {
         user: airlock::people::find_user(&app.state, username).await.unwrap(),
         secret,
@@ -885,7 +876,9 @@ async fn a_sponsor_is_never_the_only_approver(backend: Backend) {
     assert_eq!(body["decided_by"], "dave");
     assert_eq!(stored_grants(&app).await.len(), 1);
 
-    // The grant is carol's for that process only.
+    // The grant is carol's for that process only (a destructive grant: its first use
+    // needs a step-up, and binds it to this session).
+    step_up(&app, &mut carol).await;
     let (status, body) = exchange(&app, "staging", &carol.token, Some("db:drop"), Some("claude")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let c = claims(body["access_token"].as_str().unwrap());
@@ -1691,7 +1684,15 @@ async fn a_prod_grant_is_bound_to_the_session_that_first_stepped_up(backend: Bac
     let c = validate(&token, &prod_keys, &app.url("/envs/prod"), "airlock:prod").expect("valid in prod");
     assert_eq!(c["grant"], grant);
     assert_eq!(c["scope"], "db:write");
-    assert_eq!(c["sub"], "bob");
+    assert_eq!(
+        c["sub"],
+        airlock::people::find_user(&app.state, "bob")
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    );
+    assert_eq!(c["username"], "bob");
     let (iat, exp) = (c["iat"].as_i64().unwrap(), c["exp"].as_i64().unwrap());
     assert!(exp <= ends_at, "{c}");
     assert!(exp - iat <= 15 * 60, "prod max_ttl caps it: {c}");

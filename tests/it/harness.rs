@@ -244,6 +244,44 @@ impl TestApp {
         self.store().audit_page(0, 10_000).await.expect("audit page")
     }
 
+    /// Enrol TOTP for `username` as the person would: sign in with `password`, start the
+    /// enrolment from that session and activate it there with the previous time step's
+    /// code (the server accepts ±1 step; later steps stay free for a sign-in and a
+    /// step-up). Returns the secret and the step used.
+    pub async fn enrol_totp(&self, username: &str, password: &str) -> (Vec<u8>, i64) {
+        use airlock::people;
+        let signed_in = people::sign_in(
+            &self.state,
+            None,
+            username,
+            SecretString::from(password.to_string()),
+            None,
+            "test",
+        )
+        .await
+        .expect("signed in to enrol");
+        let tokens = people::start_cli_session(&self.state, &signed_in, "test")
+            .await
+            .expect("session to enrol from");
+        let auth = people::authenticate_session(&self.state, &tokens.access_token)
+            .await
+            .expect("session authenticates");
+        let enrolment = people::totp_begin(&self.state, &auth)
+            .await
+            .expect("enrolment begins");
+        let secret = data_encoding::BASE32_NOPAD
+            .decode(enrolment.secret.as_bytes())
+            .expect("base32 secret");
+        let auth = people::authenticate_session(&self.state, &tokens.access_token)
+            .await
+            .expect("session authenticates");
+        let step = airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp()) - 1;
+        people::totp_activate(&self.state, None, &auth, &airlock::totp::code_at(&secret, step))
+            .await
+            .expect("enrolment activates");
+        (secret, step)
+    }
+
     /// The master key as the CLI would be given it.
     pub fn master_key_b64(&self) -> String {
         self.master.to_base64().expose_secret().to_string()

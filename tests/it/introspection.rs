@@ -190,7 +190,15 @@ async fn a_persons_token_ends_with_the_session_it_came_from(backend: Backend) {
     let token = body["access_token"].as_str().unwrap().to_string();
     let (_, body) = introspect(&app, "staging", &resource, &token).await;
     assert_eq!(body["active"], true, "{body}");
-    assert_eq!(body["sub"], "bob");
+    assert_eq!(
+        body["sub"],
+        airlock::people::find_user(&app.state, "bob")
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    );
+    assert_eq!(body["username"], "bob");
 
     let resp = app
         .client

@@ -16,6 +16,7 @@ mod introspection;
 mod invariant2;
 mod people;
 mod people_cli;
+mod person_hardening;
 mod session_cli;
 mod stepup;
 mod tokens;

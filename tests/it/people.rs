@@ -41,17 +41,7 @@ async fn person(app: &TestApp, username: &str, roles: &[&str]) -> User {
 /// server allows ±1); returns the secret and that step. Steps must increase, so the
 /// current step and the next one stay available for a sign-in and a step-up.
 async fn enrol_totp(app: &TestApp, user: &User) -> (Vec<u8>, i64) {
-    let enrolment = people::totp_begin(&app.state, user)
-        .await
-        .expect("enrolment begins");
-    let secret = data_encoding::BASE32_NOPAD
-        .decode(enrolment.secret.as_bytes())
-        .expect("base32 secret");
-    let pending = people::find_user(&app.state, &user.username).await.unwrap();
-    let step = airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp()) - 1;
-    people::totp_activate(&app.state, &pending, &airlock::totp::code_at(&secret, step))
-        .await
-        .expect("enrolment activates");
+    let (secret, step) = app.enrol_totp(&user.username, PASSWORD).await;
     let user = people::find_user(&app.state, &user.username).await.unwrap();
     assert!(user.totp_enrolled());
     (secret, step)
@@ -366,7 +356,15 @@ async fn a_developer_exchanges_the_session_for_a_staging_token_within_the_role(b
     assert_eq!(jwt_part(token, 0)["typ"], "at+jwt");
     let keys = jwks(&app, "/envs/staging/jwks.json").await;
     let claims = validate(token, &keys, &app.url("/envs/staging"), "airlock:staging").expect("valid");
-    assert_eq!(claims["sub"], "alice");
+    assert_eq!(
+        claims["sub"],
+        airlock::people::find_user(&app.state, "alice")
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    );
+    assert_eq!(claims["username"], "alice");
     assert_eq!(claims["client_id"], "airlock-cli");
     assert_eq!(claims["scope"], "db:read");
     assert_eq!(claims["env"], "staging");
@@ -398,7 +396,15 @@ async fn a_token_for_a_launched_process_names_it_in_act_and_in_the_audit_trail(b
     let token = body["access_token"].as_str().unwrap();
     let keys = jwks(&app, "/envs/staging/jwks.json").await;
     let claims = validate(token, &keys, &app.url("/envs/staging"), "airlock:staging").unwrap();
-    assert_eq!(claims["sub"], "alice");
+    assert_eq!(
+        claims["sub"],
+        airlock::people::find_user(&app.state, "alice")
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    );
+    assert_eq!(claims["username"], "alice");
     assert_eq!(claims["act"], json!({ "sub": "process:claude" }));
     let issued = audit(&app)
         .await

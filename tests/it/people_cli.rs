@@ -97,14 +97,7 @@ async fn person(app: &TestApp, name: &str, roles: &[&str]) -> airlock::domain::U
 
 /// Enrol TOTP for `user`; returns the secret.
 async fn enrol(app: &TestApp, user: &airlock::domain::User) -> Vec<u8> {
-    let e = people::totp_begin(&app.state, user).await.unwrap();
-    let secret = data_encoding::BASE32_NOPAD.decode(e.secret.as_bytes()).unwrap();
-    let user = people::find_user(&app.state, &user.username).await.unwrap();
-    let step = airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp());
-    people::totp_activate(&app.state, &user, &airlock::totp::code_at(&secret, step - 1))
-        .await
-        .unwrap();
-    secret
+    app.enrol_totp(&user.username, PASSWORD).await.0
 }
 
 fn claims(jwt: &str) -> Value {
@@ -166,7 +159,7 @@ async fn a_developer_logs_in_gets_a_staging_token_and_logs_out(backend: Backend)
     assert_eq!(tok.code, 0, "{}", tok.stderr);
     let c = claims(&tok.stdout);
     assert_eq!(
-        (c["sub"].as_str(), c["env"].as_str(), c["scope"].as_str()),
+        (c["username"].as_str(), c["env"].as_str(), c["scope"].as_str()),
         (Some("bob"), Some("staging"), Some("db:read"))
     );
 
@@ -290,7 +283,15 @@ async fn exec_gives_the_child_a_token_and_nothing_that_leads_to_the_session(back
         c["act"]["sub"], "process:sh",
         "the token names the process acting for bob"
     );
-    assert_eq!(c["sub"], "bob");
+    assert_eq!(
+        c["sub"],
+        airlock::people::find_user(&app.state, "bob")
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    );
+    assert_eq!(c["username"], "bob");
     // The child's own airlock CLI finds no session.
     assert_ne!(
         std::fs::read_to_string(format!("{}.code", seen.display()))

@@ -24,14 +24,7 @@ async fn person(app: &TestApp, name: &str, roles: &[&str]) -> airlock::domain::U
 
 /// Enrol with the previous step's code; returns the secret and that step.
 async fn enrol(app: &TestApp, user: &airlock::domain::User) -> (Vec<u8>, i64) {
-    let e = people::totp_begin(&app.state, user).await.unwrap();
-    let secret = data_encoding::BASE32_NOPAD.decode(e.secret.as_bytes()).unwrap();
-    let pending = people::find_user(&app.state, &user.username).await.unwrap();
-    let step = airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp()) - 1;
-    people::totp_activate(&app.state, &pending, &airlock::totp::code_at(&secret, step))
-        .await
-        .unwrap();
-    (secret, step)
+    app.enrol_totp(&user.username, PASSWORD).await
 }
 
 async fn sign_in(app: &TestApp, username: &str, password: &str, code: Option<&str>) -> reqwest::Response {
