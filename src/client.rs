@@ -50,6 +50,26 @@ impl ClientError {
     }
 }
 
+/// A request error as text for a person: reqwest's message without the URL, then each
+/// underlying cause ("error sending request: client error (Connect): tcp connect error:
+/// Connection refused (os error 111)"), so a refused connection, a DNS failure and a TLS
+/// mismatch read differently. Causes are transport errors: no header, body or secret.
+pub fn network_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        // Some layers repeat their cause in their own message; say each thing once.
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A token as received.
 pub struct FetchedToken {
     /// The JWT.
@@ -158,12 +178,12 @@ impl TokenClient {
             .map_err(|e| ClientError::Unreachable {
                 url: self.server.clone(),
                 // Without the URL (already shown) and never with headers.
-                reason: e.without_url().to_string(),
+                reason: network_error(e),
             })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| ClientError::Unreachable {
             url: self.server.clone(),
-            reason: e.without_url().to_string(),
+            reason: network_error(e),
         })?;
         if status.is_success() {
             let body: TokenBody = serde_json::from_slice(&bytes)

@@ -8,7 +8,7 @@
 //!
 //! ```json
 //! {"event": "escalation.created",
-//!  "text": ":lock: *bob* asks for *db:write* in *prod* for 30m: \"run the migration\" — review: <https://airlock.example.com/…|open the approvals page>",
+//!  "text": ":lock: `bob` asks for *db:write* in *prod* for 30m: `run the migration` — review: <https://airlock.example.com/…|open the approvals page>",
 //!  "url": "https://airlock.example.com/…",
 //!  "escalation": {"id": "…", "environment": "prod", "scopes": ["db:write"], "destructive_scopes": [],
 //!                 "requester": "bob", "sponsor": null, "reason": "run the migration", "state": "pending",
@@ -18,9 +18,11 @@
 //! SECURITY: a notification only *links* to the approvals page, where the approver signs in
 //! and steps up (DESIGN.md invariant 4). It never carries an approve/deny link or any token,
 //! so whoever reads the channel, or intercepts the request, can approve nothing. The
-//! requester's reason and names are user text: in `text` they are escaped for Slack (`&`,
-//! `<`, `>`) and flattened to one line, so a reason cannot mention `<!channel>`, forge a link
-//! or fake a second message line.
+//! requester's reason and names are user text: in `text` each is a code span (backticks
+//! removed from it), escaped for Slack (`&`, `<`, `>`) and flattened to one line. So a
+//! reason cannot mention `<!channel>`, forge a link, fake a second message line, have a bare
+//! URL or domain turned into a link (Slack does not link inside code), or apply `*bold*`,
+//! `_italic_` or `~strike~`. Scopes and environment names come from the operator's config.
 //!
 //! # Headers and how a receiver verifies them
 //!
@@ -558,12 +560,12 @@ pub fn render_body(n: &Notification) -> serde_json::Value {
 /// The Slack `mrkdwn` summary of a notification: one line, every piece of user text
 /// escaped, and a link to the approvals page (never anything that approves).
 pub fn slack_text(n: &Notification) -> String {
-    let who = format!("*{}*", slack_escape(&n.requester));
+    let who = slack_code(&n.requester);
     let on_behalf = match &n.sponsor {
-        Some(s) => format!(" on behalf of *{}*", slack_escape(s)),
+        Some(s) => format!(" on behalf of {}", slack_code(s)),
         None => String::new(),
     };
-    let actor = n.actor.as_deref().map(|a| format!("*{}*", slack_escape(a)));
+    let actor = n.actor.as_deref().map(slack_code);
     let what = format!(
         "*{}* in *{}*",
         slack_escape(&n.scopes.join(", ")),
@@ -572,8 +574,8 @@ pub fn slack_text(n: &Notification) -> String {
     let duration = humantime::format_duration(Duration::from_secs(n.duration_secs));
     let mut text = match (n.event, n.state.as_str()) {
         (ESCALATION_CREATED, _) => format!(
-            ":lock: {who}{on_behalf} asks for {what} for {duration}: \"{}\"",
-            slack_escape(&truncate_chars(&n.reason, REASON_MAX_CHARS))
+            ":lock: {who}{on_behalf} asks for {what} for {duration}: {}",
+            slack_code(&truncate_chars(&n.reason, REASON_MAX_CHARS))
         ),
         (ESCALATION_DECIDED, "approved") => {
             let until = n
@@ -645,6 +647,19 @@ pub fn slack_escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// User text as a Slack code span: backticks become `'` (so the text cannot close the
+/// span), then [`slack_escape`]. Slack applies no formatting inside a code span and turns
+/// no bare URL, domain or e-mail address in it into a link, so a reason like
+/// `*URGENT* approve at https://evil.example/approvals` shows as inert text.
+pub fn slack_code(s: &str) -> String {
+    let escaped = slack_escape(&s.replace('`', "'"));
+    // A span that starts or ends with a space is not a code span to Slack.
+    match escaped.trim() {
+        "" => "`-`".to_string(),
+        inner => format!("`{inner}`"),
+    }
 }
 
 /// At most `max` characters of `s`, ending in `…` when cut.
@@ -743,6 +758,59 @@ mod tests {
         assert!(!text.contains('\n'), "{text}");
     }
 
+    /// The parts of `text` inside code spans (odd pieces between backticks) and outside.
+    fn spans(text: &str) -> (Vec<&str>, Vec<&str>) {
+        let pieces: Vec<&str> = text.split('`').collect();
+        let inside = pieces.iter().skip(1).step_by(2).copied().collect();
+        let outside = pieces.iter().step_by(2).copied().collect();
+        (inside, outside)
+    }
+
+    #[test]
+    fn user_text_is_an_inert_code_span_without_links_or_formatting() {
+        let mut n = created();
+        n.reason =
+            "*URGENT* approve at https://evil.example/approvals now _really_ ~not~ `x` www.evil.example"
+                .into();
+        n.requester = "_mallory_".into();
+        n.sponsor = Some("boss@evil.example".into());
+        let text = slack_text(&n);
+        // Assert: the reason is one span, its backticks gone; nothing user-written is outside a span.
+        assert_eq!(text.matches('`').count() % 2, 0, "{text}");
+        let (inside, outside) = spans(&text);
+        assert!(
+            inside.contains(
+                &"*URGENT* approve at https://evil.example/approvals now _really_ ~not~ 'x' www.evil.example"
+            ),
+            "{text}"
+        );
+        assert!(
+            inside.contains(&"_mallory_") && inside.contains(&"boss@evil.example"),
+            "{text}"
+        );
+        let outside = outside.concat();
+        for needle in ["evil", "URGENT", "_really_", "~not~", "mallory"] {
+            assert!(!outside.contains(needle), "{needle} outside a code span: {text}");
+        }
+        // The one link is ours.
+        assert!(
+            outside.contains(&format!("<{}|open the approvals page>", n.url)),
+            "{text}"
+        );
+
+        // An approver's name and a decision note cannot break out either.
+        let mut d = created();
+        d.event = ESCALATION_DECIDED;
+        d.state = "denied".into();
+        d.actor = Some("`*eve*` https://evil.example".into());
+        let text = slack_text(&d);
+        let (inside, outside) = spans(&text);
+        assert!(inside.contains(&"'*eve*' https://evil.example"), "{text}");
+        assert!(!outside.concat().contains("evil"), "{text}");
+        assert_eq!(slack_code("  "), "`-`");
+        assert_eq!(slack_code(" a & <b> "), "`a &amp; &lt;b&gt;`");
+    }
+
     #[test]
     fn the_slack_text_summarises_the_request() {
         let mut n = created();
@@ -751,7 +819,7 @@ mod tests {
         let text = slack_text(&n);
         assert!(
             text.starts_with(
-                ":lock: *bob* asks for *db:write, db:drop* in *prod* for 30m: \"run migration 42\""
+                ":lock: `bob` asks for *db:write, db:drop* in *prod* for 30m: `run migration 42`"
             ),
             "{text}"
         );
@@ -763,12 +831,12 @@ mod tests {
         d.state = "denied".into();
         d.actor = Some("alice".into());
         assert!(
-            slack_text(&d).starts_with(":no_entry: *alice* denied *bob*'s request for *db:write* in *prod*")
+            slack_text(&d).starts_with(":no_entry: `alice` denied `bob`'s request for *db:write* in *prod*")
         );
         d.state = "approved".into();
         d.grant_ends_at = Some(time::macros::datetime!(2030-01-01 12:00 UTC));
         assert!(
-            slack_text(&d).contains("approved *bob*'s request")
+            slack_text(&d).contains("approved `bob`'s request")
                 && slack_text(&d).contains("2030-01-01T12:00:00Z")
         );
         let mut e = created();
@@ -778,7 +846,7 @@ mod tests {
         let mut r = created();
         r.event = GRANT_REVOKED;
         r.actor = Some("carol".into());
-        assert!(slack_text(&r).starts_with(":no_entry_sign: *carol* revoked *bob*'s grant"));
+        assert!(slack_text(&r).starts_with(":no_entry_sign: `carol` revoked `bob`'s grant"));
     }
 
     #[test]
@@ -787,7 +855,7 @@ mod tests {
         n.reason = "é".repeat(2000);
         let text = slack_text(&n);
         assert_eq!(text.matches('é').count(), REASON_MAX_CHARS - 1);
-        assert!(text.contains("é…\""), "{text}");
+        assert!(text.contains("é…`"), "{text}");
         assert_eq!(truncate_chars("abc", 3), "abc");
         assert_eq!(truncate_chars("abcd", 3), "ab…");
         // The structured field keeps the reason as given.

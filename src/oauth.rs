@@ -275,13 +275,20 @@ async fn authenticate_client(
     env_name: &str,
     creds: &ClientCredentials,
 ) -> Result<Agent, OAuthError> {
-    // Authenticate. Look-up failures other than "not found" fail closed.
-    let agent: Option<Agent> = match state.store.agent_by_client_id(&creds.client_id).await {
-        Ok(a) => Some(a),
-        Err(StoreError::NotFound) => None,
-        Err(e) => {
-            tracing::error!(error = ?e, "agent look-up failed");
-            return Err(OAuthError::Unavailable);
+    // Authenticate. Look-up failures other than "not found" fail closed. A client id with
+    // a control character names no agent (client ids are `agt_` and hex): it is an unknown
+    // client, refused and audited like any other, without asking the store (PostgreSQL
+    // cannot even compare a text holding NUL, which would be a 503).
+    let agent: Option<Agent> = if creds.client_id.chars().any(char::is_control) {
+        None
+    } else {
+        match state.store.agent_by_client_id(&creds.client_id).await {
+            Ok(a) => Some(a),
+            Err(StoreError::NotFound) => None,
+            Err(e) => {
+                tracing::error!(error = ?e, "agent look-up failed");
+                return Err(OAuthError::Unavailable);
+            }
         }
     };
     // SECURITY: hash even for unknown clients so timing does not tell them apart.

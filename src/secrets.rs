@@ -107,7 +107,15 @@ impl MasterKey {
             Ok(text) => Ok((MasterKey::parse(&SecretString::from(text))?, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(io)?;
+                    // SECURITY: the data directory Airlock creates is its user's only.
+                    let mut builder = std::fs::DirBuilder::new();
+                    builder.recursive(true);
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::DirBuilderExt;
+                        builder.mode(0o700);
+                    }
+                    builder.create(dir).map_err(io)?;
                 }
                 let key = MasterKey::generate()?;
                 let mut options = std::fs::OpenOptions::new();

@@ -273,7 +273,7 @@ pub async fn replace(new: &SessionFile) -> anyhow::Result<()> {
     prepare_dir(&p, chosen)?;
     let held = lock().await?;
     if p.exists()
-        && let Ok(mut old) = SessionClient::load()
+        && let Ok(mut old) = SessionClient::stored()
         && let Err(e) = old.end_locked(&held).await
     {
         eprintln!(
@@ -328,9 +328,38 @@ pub fn http() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// The warning for `AIRLOCK_SERVER` naming a server other than the session's: session
+/// commands talk to the server the session belongs to, so the variable is not used.
+fn server_mismatch(env_server: Option<&str>, session_server: &str) -> Option<String> {
+    let wanted = env_server?.trim().trim_end_matches('/');
+    let same = match (url::Url::parse(wanted), url::Url::parse(session_server)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => wanted == session_server.trim_end_matches('/'),
+    };
+    (!wanted.is_empty() && !same).then(|| {
+        format!(
+            "warning: AIRLOCK_SERVER is {wanted}, but you are signed in to {session_server}, \
+             which this command uses. To use {wanted}, sign in there: airlock login --server {wanted}"
+        )
+    })
+}
+
 impl SessionClient {
-    /// From the stored session.
+    /// From the stored session; warns on standard error when `AIRLOCK_SERVER` names
+    /// another server than the session's (see [`server_mismatch`]).
     pub fn load() -> anyhow::Result<SessionClient> {
+        let client = Self::stored()?;
+        if let Some(warning) = server_mismatch(
+            std::env::var("AIRLOCK_SERVER").ok().as_deref(),
+            &client.session.server,
+        ) {
+            eprintln!("{warning}");
+        }
+        Ok(client)
+    }
+
+    /// From the stored session, silently (`airlock login` replacing it).
+    fn stored() -> anyhow::Result<SessionClient> {
         Ok(SessionClient {
             http: http()?,
             session: load()?,
@@ -372,7 +401,13 @@ impl SessionClient {
             ])
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach {}: {}", self.session.server, e.without_url()))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach {}: {}",
+                    self.session.server,
+                    crate::client::network_error(e)
+                )
+            })?;
         let status = r.status();
         let body = r.bytes().await?;
         if !status.is_success() {
@@ -395,7 +430,13 @@ impl SessionClient {
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach {}: {}", self.session.server, e.without_url()))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach {}: {}",
+                    self.session.server,
+                    crate::client::network_error(e)
+                )
+            })?;
         let status = r.status();
         if !status.is_success() {
             let body = r.bytes().await.unwrap_or_default();
@@ -422,10 +463,13 @@ impl SessionClient {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let r = req
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot reach {}: {}", self.session.server, e.without_url()))?;
+            let r = req.send().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach {}: {}",
+                    self.session.server,
+                    crate::client::network_error(e)
+                )
+            })?;
             let status = r.status();
             let bytes = r.bytes().await?;
             let session_refused = status == reqwest::StatusCode::UNAUTHORIZED
@@ -504,7 +548,7 @@ impl SessionClient {
             .form(&form)
             .send()
             .await
-            .map_err(|e| unreachable(e.without_url().to_string()))?;
+            .map_err(|e| unreachable(crate::client::network_error(e)))?;
         let status = r.status();
         let bytes = r.bytes().await.map_err(|e| unreachable(e.to_string()))?;
         let v: serde_json::Value = serde_json::from_slice(&bytes)
@@ -542,4 +586,26 @@ pub fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<SecretStrin
         bail!("nothing was entered");
     }
     Ok(SecretString::from(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_mismatch;
+
+    #[test]
+    fn airlock_server_naming_another_server_than_the_session_is_a_warning() {
+        assert_eq!(server_mismatch(None, "https://a.example"), None);
+        assert_eq!(server_mismatch(Some(""), "https://a.example"), None);
+        assert_eq!(
+            server_mismatch(Some("https://a.example/"), "https://a.example"),
+            None
+        );
+        assert_eq!(
+            server_mismatch(Some("https://A.example:443"), "https://a.example"),
+            None
+        );
+        let w = server_mismatch(Some("https://b.example"), "https://a.example").expect("a warning");
+        assert!(w.contains("signed in to https://a.example"), "{w}");
+        assert!(w.contains("airlock login --server https://b.example"), "{w}");
+    }
 }

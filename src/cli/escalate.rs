@@ -265,7 +265,10 @@ impl Api {
             let token = self.bearer().await?;
             let server = self.server();
             let unreachable = |e: reqwest::Error| {
-                Failure::Unreachable(format!("cannot reach Airlock at {server}: {}", e.without_url()))
+                Failure::Unreachable(format!(
+                    "cannot reach Airlock at {server}: {}",
+                    crate::client::network_error(e)
+                ))
             };
             let mut req = self
                 .http

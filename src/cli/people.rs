@@ -162,7 +162,10 @@ pub enum AdminCmd {
 }
 
 fn http_err(server: &str, e: reqwest::Error) -> anyhow::Error {
-    anyhow::anyhow!("cannot reach Airlock at {server}: {}", e.without_url())
+    anyhow::anyhow!(
+        "cannot reach Airlock at {server}: {}",
+        crate::client::network_error(e)
+    )
 }
 
 fn describe(v: &Value) -> String {

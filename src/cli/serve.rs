@@ -86,7 +86,10 @@ pub(super) async fn healthcheck(cli: &Cli, args: &HealthArgs) -> anyhow::Result<
             Ok(ExitCode::FAILURE)
         }
         Err(e) => {
-            eprintln!("unhealthy: cannot reach {base}: {}", e.without_url());
+            eprintln!(
+                "unhealthy: cannot reach {base}: {}",
+                crate::client::network_error(e)
+            );
             Ok(ExitCode::FAILURE)
         }
     }

@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         // Bounds every body extractor; the token endpoint reads its body with its own, smaller limit.
         .layer(axum::extract::DefaultBodyLimit::max(GLOBAL_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(timeout, deadline))
+        .layer(axum::middleware::from_fn(no_control_characters))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -96,6 +97,30 @@ async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Re
         Ok(response) => response,
         Err(_) if oauth => crate::oauth::OAuthError::Unavailable.into_response(),
         Err(_) => ApiError::Unavailable("the request took too long; retry shortly").into_response(),
+    }
+}
+
+/// Refuse a request whose path or query, once percent-decoded, holds a control character
+/// (`%00`, `%01`, ...), before any handler sees it: no identifier (environment, username,
+/// agent reference, escalation id, list filter) ever contains one, and some cannot even be
+/// looked up (PostgreSQL rejects NUL in text, which would be a 503). The answer is the
+/// endpoint's usual 400 for a malformed request, in its shape.
+async fn no_control_characters(req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let decoded_path = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy();
+    let bad_path = decoded_path.chars().any(char::is_control);
+    let bad_query = uri.query().is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .any(|(k, v)| k.chars().chain(v.chars()).any(char::is_control))
+    });
+    if !(bad_path || bad_query) {
+        return next.run(req).await;
+    }
+    let message = "the path or query holds a control character; identifiers never do";
+    if is_oauth_path(uri.path()) {
+        crate::oauth::OAuthError::InvalidRequest(message.into()).into_response()
+    } else {
+        ApiError::BadRequest(message.into()).into_response()
     }
 }
 

@@ -326,13 +326,26 @@ pub fn quorum_reached(quorum: u32, approvers: &[Uuid], sponsor: Option<Uuid>) ->
     counted.len() >= quorum.max(1) as usize
 }
 
-/// Whether `text` holds a control character or a bidirectional override: refused in
-/// reasons and notes, which approvers read in terminals and on pages, so a reason
-/// cannot rewrite what is shown around it.
+/// Whether `text` holds a character that changes how text around it is shown rather
+/// than showing itself: a control character (Unicode general category Cc), a format
+/// character (Cf: the bidirectional overrides, zero-width spaces and joiners, the word
+/// joiner, the byte-order mark, the soft hyphen, ...) or a line or paragraph separator
+/// (Zl, Zp). Refused in reasons and notes, which approvers read in terminals and on
+/// pages, so a reason cannot rewrite, hide or split what is shown around it.
+///
+/// The Cf test is the Unicode table of `unicode-properties` (already built for
+/// PostgreSQL's SASLprep), not a hand-picked list, so a new format character is caught
+/// when the table is updated.
 pub fn has_control_chars(text: &str) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     text.chars().any(|c| {
         c.is_control()
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+            || matches!(
+                c.general_category(),
+                GeneralCategory::Format
+                    | GeneralCategory::LineSeparator
+                    | GeneralCategory::ParagraphSeparator
+            )
     })
 }
 
@@ -419,6 +432,36 @@ mod tests {
     const MIN30: Duration = Duration::from_secs(1800);
 
     #[test]
+    fn format_characters_are_refused_by_the_unicode_table_and_plain_text_of_any_script_passes() {
+        // Every Cf code point of a few blocks, not a list chosen to match the code.
+        for c in [
+            '\u{ad}', '\u{61c}', '\u{180e}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{2064}',
+        ]
+        .into_iter()
+        .chain('\u{202a}'..='\u{202e}')
+        .chain('\u{2066}'..='\u{206f}')
+        .chain([
+            '\u{feff}',
+            '\u{fff9}',
+            '\u{110bd}',
+            '\u{1d173}',
+            '\u{e0001}',
+            '\u{e007f}',
+        ]) {
+            assert!(has_control_chars(&format!("fix {c}it")), "U+{:04X}", c as u32);
+        }
+        for plain in [
+            "run migration 0042 (OPS-17)",
+            "Migration für Kunden – Ticket №42, «urgent»",
+            "修复数据库 0042 ✅ 🚀",
+            "إصلاح قاعدة البيانات 0042",
+            "zero width? no: 0042",
+        ] {
+            assert!(!has_control_chars(plain), "{plain}");
+        }
+    }
+
+    #[test]
     fn an_agent_asks_only_in_its_own_environment() {
         let s = settings();
         let agent = Requester::Agent {
@@ -476,6 +519,18 @@ mod tests {
             "run migration\n0042 now",
             "run migration \u{1b}[5A0042",
             "run \u{202e}0042 migration",
+            // Format characters (Cf) hide or join text: zero-width space, zero-width
+            // joiner, word joiner, byte-order mark, soft hyphen, Arabic number sign, a
+            // language tag; and the line and paragraph separators.
+            "run migration\u{200b}0042",
+            "run migration\u{200d}0042",
+            "run migration\u{2060}0042",
+            "\u{feff}run migration 0042",
+            "run migra\u{ad}tion 0042",
+            "run migration \u{600}0042",
+            "run migration 0042\u{e0041}",
+            "run migration\u{2028}0042",
+            "run migration\u{2029}0042",
         ] {
             assert_eq!(
                 check_request(&s, &dev, "prod", &scopes(&["db:write"]), MIN30, sneaky),

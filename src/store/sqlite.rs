@@ -30,12 +30,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true);
-        if let Some(dir) = connect.get_filename().parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!("cannot create the database directory {}: {e}", dir.display())
-            })?;
+        if !(url.contains(":memory:") || url.contains("mode=memory")) {
+            create_private(connect.get_filename())?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
@@ -64,6 +60,37 @@ impl SqliteStore {
     fn migrator() -> &'static sqlx::migrate::Migrator {
         static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
         &MIGRATOR
+    }
+}
+
+/// SECURITY: the database holds agent secret hashes and sealed signing keys, so Airlock
+/// creates it for its own user only, whatever the umask: a missing directory 0700 and a
+/// missing database file 0600 (empty, which SQLite opens as a new database). SQLite
+/// creates the `-wal` and `-shm` files with the database file's mode, so they are 0600
+/// too. Existing directories and files keep the mode the operator gave them.
+fn create_private(db: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = db.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the database directory {}: {e}", dir.display()))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot create the database {}: {e}",
+            db.display()
+        )),
     }
 }
 

@@ -23,12 +23,12 @@ const QUICKLY: Duration = Duration::from_secs(20);
 // --- running the binary ------------------------------------------------------------
 
 /// A private place for CLI processes: HOME, data dir, TMPDIR and files the tests write.
-struct Sandbox {
+pub(crate) struct Sandbox {
     dir: tempfile::TempDir,
 }
 
 impl Sandbox {
-    fn new() -> Sandbox {
+    pub(crate) fn new() -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
         for sub in ["home", "data", "tmp", "out"] {
             std::fs::create_dir(dir.path().join(sub)).expect("sandbox dir");
@@ -36,7 +36,7 @@ impl Sandbox {
         Sandbox { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -51,7 +51,7 @@ impl Sandbox {
     }
 
     /// `airlock` with nothing inherited but PATH.
-    fn airlock(&self) -> Command {
+    pub(crate) fn airlock(&self) -> Command {
         let mut cmd = Command::new(TestApp::bin());
         cmd.env_clear()
             .env(
@@ -105,15 +105,15 @@ impl Sandbox {
 }
 
 /// What a finished CLI process left.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
     /// Assert the exit code, showing the output when it differs.
-    fn expect_code(&self, code: i32, what: &str) -> &Run {
+    pub(crate) fn expect_code(&self, code: i32, what: &str) -> &Run {
         assert_eq!(
             self.code,
             Some(code),
@@ -139,7 +139,7 @@ impl Run {
         self
     }
 
-    fn stderr_has(&self, needle: &str, what: &str) -> &Run {
+    pub(crate) fn stderr_has(&self, needle: &str, what: &str) -> &Run {
         assert!(
             self.stderr.contains(needle),
             "{what}: stderr should mention {needle:?}\n--- stderr\n{}",
@@ -154,7 +154,7 @@ impl Run {
     }
 
     /// A failure that is a clean message, not a crash.
-    fn no_panic(&self) -> &Run {
+    pub(crate) fn no_panic(&self) -> &Run {
         for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
             assert!(
                 !self.stderr.contains(bad),
@@ -180,7 +180,7 @@ async fn run_within(cmd: &mut Command, limit: Duration) -> Run {
     }
 }
 
-async fn run(cmd: &mut Command) -> Run {
+pub(crate) async fn run(cmd: &mut Command) -> Run {
     run_within(cmd, DEADLINE).await
 }
 

@@ -4,6 +4,7 @@
 mod browser;
 mod cli;
 mod contract;
+mod edge_hygiene;
 mod escalation_cli;
 mod escalation_props;
 mod escalation_store;

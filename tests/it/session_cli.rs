@@ -12,23 +12,23 @@ use tokio::io::AsyncWriteExt;
 
 use crate::harness::{Backend, TestApp, spawn_app, spawn_app_with};
 
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 /// A private HOME / XDG_CONFIG_HOME, optionally with `AIRLOCK_SESSION_FILE`.
-struct Terminal {
+pub(crate) struct Terminal {
     dir: tempfile::TempDir,
     server: String,
     session_file: Option<PathBuf>,
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Terminal {
-    fn new(app: &TestApp) -> Terminal {
+    pub(crate) fn new(app: &TestApp) -> Terminal {
         Terminal {
             dir: tempfile::tempdir().unwrap(),
             server: app.base.clone(),
@@ -42,7 +42,7 @@ impl Terminal {
             .unwrap_or_else(|| self.dir.path().join("config/airlock/session.json"))
     }
 
-    fn cmd(&self, args: &[&str]) -> tokio::process::Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(TestApp::bin());
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -61,7 +61,7 @@ impl Terminal {
         c
     }
 
-    async fn run_cmd(mut c: tokio::process::Command, stdin: &str) -> Out {
+    pub(crate) async fn run_cmd(mut c: tokio::process::Command, stdin: &str) -> Out {
         let mut child = c.spawn().unwrap();
         let mut input = child.stdin.take().unwrap();
         input.write_all(stdin.as_bytes()).await.unwrap();
@@ -81,7 +81,7 @@ impl Terminal {
         Self::run_cmd(self.cmd(args), "").await
     }
 
-    async fn login(&self, username: &str) -> Out {
+    pub(crate) async fn login(&self, username: &str) -> Out {
         Self::run_cmd(
             self.cmd(&["login", "--password", "--username", username, "--password-stdin"]),
             &format!("{PASSWORD}\n"),
@@ -94,7 +94,7 @@ impl Terminal {
     }
 }
 
-async fn developer(app: &TestApp, name: &str) {
+pub(crate) async fn developer(app: &TestApp, name: &str) {
     airlock::people::create_user(
         &app.state,
         "test",

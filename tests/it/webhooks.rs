@@ -25,9 +25,9 @@ const PAGE: &str = "https://airlock.example.com/approvals/";
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     headers: HeaderMap,
-    body: Bytes,
+    pub(crate) body: Bytes,
 }
 
 impl Hit {
@@ -42,15 +42,15 @@ impl Hit {
 /// A webhook receiver answering with `script[n]` to its n-th request (the last entry
 /// thereafter), after `delay`.
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
     script: Arc<Vec<u16>>,
     delay: Duration,
 }
 
 impl Receiver {
-    async fn start(script: &[u16], delay: Duration) -> Receiver {
+    pub(crate) async fn start(script: &[u16], delay: Duration) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let receiver = Receiver {
@@ -65,7 +65,7 @@ impl Receiver {
         receiver
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub(crate) fn hits(&self) -> Vec<Hit> {
         self.hits.lock().expect("hits").clone()
     }
 }
@@ -82,7 +82,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
 }
 
 /// A webhook to `url` with fast retries.
-fn hook(url: &str, max_attempts: u32) -> WebhookSettings {
+pub(crate) fn hook(url: &str, max_attempts: u32) -> WebhookSettings {
     let mut h = WebhookSettings::new(url, SecretString::from(SECRET));
     h.retry_base = Duration::from_millis(50);
     h.timeout = Duration::from_secs(2);
