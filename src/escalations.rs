@@ -72,6 +72,23 @@ pub enum AgentKind {
 }
 
 impl Principal {
+    /// Whose budgets a call counts against (escalation creations, audited refusals): the
+    /// agent, or the person, together with every process acting for them (a process name
+    /// is the caller's choice, so a new name must not buy a new budget).
+    pub fn budget_key(&self) -> String {
+        match self {
+            Principal::Person(a) => format!("user:{}", a.user.username),
+            Principal::Agent(AgentPrincipal {
+                kind: AgentKind::Registered(a),
+                ..
+            }) => format!("agent:{}", a.client_id),
+            Principal::Agent(AgentPrincipal {
+                kind: AgentKind::Delegated { user, .. },
+                ..
+            }) => format!("user:{}", user.username),
+        }
+    }
+
     /// Audit actor.
     pub fn actor(&self) -> String {
         match self {
@@ -300,6 +317,10 @@ pub async fn create(
 ) -> Result<EscalationView, EscalationError> {
     let requester = requester_of(state, principal);
     let actor = requester.actor();
+    let budget_key = principal.budget_key();
+    // Policy refusals count against the principal's budget of audited refusals;
+    // cross-environment attempts never do (see crate::refusals).
+    let refused = |event: NewAuditEvent| state.refusals.record(state.store.as_ref(), &budget_key, event);
     let plan = match rules::check_request(
         &state.settings,
         &requester,
@@ -328,7 +349,11 @@ pub async fn create(
             } else {
                 event
             };
-            state.store.append_audit(event).await.map_err(store_err)?;
+            if matches!(refusal, RequestRefusal::CrossEnvironment { .. }) {
+                state.store.append_audit(event).await.map_err(store_err)?;
+            } else {
+                refused(event).await.map_err(store_err)?;
+            }
             let message = refusal.message(&req.environment);
             return Err(match refusal {
                 RequestRefusal::UnknownEnvironment => EscalationError::UnknownEnvironment,
@@ -413,7 +438,7 @@ pub async fn create(
         let event = NewAuditEvent::new("escalation.refused", actor, Outcome::Refused)
             .env(req.environment.clone())
             .detail("reason", "too_many_pending");
-        state.store.append_audit(event).await.map_err(store_err)?;
+        refused(event).await.map_err(store_err)?;
         return Err(EscalationError::Conflict(format!(
             "you already have {MAX_PENDING_PER_HOLDER} pending requests; cancel some (airlock cancel ID) \
              or wait for a decision"
@@ -629,11 +654,12 @@ async fn refuse_decision(
     .subject(e.id.to_string())
     .detail("action", action.to_string())
     .detail("reason", refusal.reason());
+    // Within the person's budget of audited refusals (see crate::refusals).
+    let principal = format!("user:{}", auth.user.username);
     state
-        .store
-        .append_audit(event)
+        .refusals
+        .record(state.store.as_ref(), &principal, event)
         .await
-        .map(|_| ())
         .map_err(store_err)
 }
 
