@@ -22,7 +22,7 @@ use crate::domain::{
 };
 use crate::people::{self, Authenticated, SessionError, SignInError};
 use crate::policy::escalation::{self as rules, ApprovalRefusal, RequestRefusal, Requester};
-use crate::store::{ApproveOutcome, EscalationFilter, GrantFilter, StoreError};
+use crate::store::{ApproveOutcome, Creation, CreationLimit, EscalationFilter, GrantFilter, StoreError};
 use crate::token::{self, AccessClaims};
 
 /// Longest `?wait=` a caller may ask for.
@@ -120,6 +120,13 @@ pub enum EscalationError {
     UnknownEnvironment,
     /// 409: the request is no longer pending (or the grant no longer active).
     Conflict(String),
+    /// 429: too many requests created lately; try again in `retry_after_secs`.
+    RateLimited {
+        /// What happened and when to try again.
+        message: String,
+        /// Seconds until one more request is accepted (at least 1).
+        retry_after_secs: u64,
+    },
     /// The approver's TOTP code was refused (401 / 429 / 503).
     Totp(SignInError),
     /// 503: fail closed.
@@ -444,7 +451,7 @@ pub async fn create(
              or wait for a decision"
         )));
     }
-    let created = NewAuditEvent::new("escalation.requested", actor, Outcome::Success)
+    let created = NewAuditEvent::new("escalation.requested", actor.clone(), Outcome::Success)
         .env(req.environment.clone())
         .subject(escalation.id.to_string())
         .detail("scopes", escalation.scopes.clone())
@@ -463,11 +470,41 @@ pub async fn create(
     } else {
         None
     };
-    state
+    // Bounds what one principal can put in front of approvers and their webhooks, even
+    // in a create/cancel loop: creations are counted, not pending requests.
+    let rate = &state.settings.limits.escalation_rate;
+    let limit = CreationLimit {
+        requests: rate.requests,
+        per: rate.per,
+    };
+    let created = state
         .store
-        .create_escalation(&escalation, grant.as_ref(), events)
+        .create_escalation_within(&escalation, grant.as_ref(), events, limit)
         .await
         .map_err(store_err)?;
+    if let Creation::Limited { retry_at } = created {
+        let wait = (retry_at - now()).as_seconds_f64().ceil().max(1.0) as u64;
+        let event = NewAuditEvent::new("escalation.refused", actor, Outcome::Refused)
+            .env(req.environment.clone())
+            .detail("reason", "rate_limited")
+            .detail("retry_after_secs", wait);
+        refused(event).await.map_err(store_err)?;
+        return Err(EscalationError::RateLimited {
+            message: format!(
+                "you have created {} escalation requests in the last {}; try again in {wait} second{} \
+                 (at {}); cancelling a request does not give it back",
+                rate.requests,
+                humantime::format_duration(rate.per),
+                if wait == 1 { "" } else { "s" },
+                retry_at
+                    .replace_nanosecond(0)
+                    .unwrap_or(retry_at)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            ),
+            retry_after_secs: wait,
+        });
+    }
     tracing::info!(id = %escalation.id, env = %escalation.environment, "escalation requested");
     announce(state, "escalation.created", &escalation, grant.as_ref(), None);
     if grant.is_some() {
