@@ -29,7 +29,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Keyed hash for agent secrets.
     pub hasher: Arc<SecretHasher>,
-    /// Budget of individually audited anonymous refusals.
+    /// Budgets of individually audited refusals (anonymous and authenticated).
     pub refusals: Arc<crate::refusals::RefusalLimiter>,
     /// Bounded Argon2id hashing of people's passwords.
     pub passwords: Arc<crate::password::Passwords>,
@@ -108,7 +108,7 @@ pub async fn open_state(settings: Settings, migrate: bool) -> anyhow::Result<App
     Ok(AppState {
         notifier,
         changes: crate::escalations::changes(),
-        refusals: crate::refusals::RefusalLimiter::start(store.clone()),
+        refusals: crate::refusals::RefusalLimiter::start(store.clone(), settings.limits.refusals.clone()),
         passwords: Arc::new(passwords),
         blocks: Arc::new(crate::people::BlockCache::default()),
         store,
@@ -157,6 +157,7 @@ impl App {
         let App { listener, state } = self;
         let store = state.store.clone();
         let notifier = state.notifier.clone();
+        let refusals = state.refusals.clone();
         // Expire requests and record ended grants even when nobody calls the API.
         let sweeper = crate::escalations::spawn_sweeper(state.clone());
         let router = crate::http::router(state);
@@ -169,6 +170,8 @@ impl App {
         .context("server error")?;
         sweeper.abort();
         notifier.drain(std::time::Duration::from_secs(5)).await;
+        // What was counted but not yet summarised is written before the pool closes.
+        refusals.flush(store.as_ref()).await;
         store.close().await;
         Ok(())
     }

@@ -227,7 +227,67 @@ pub struct LimitSettings {
     /// Whole-request deadline.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How many escalation requests one principal may create.
+    #[serde(default)]
+    pub escalation_rate: EscalationRateSettings,
+    /// How many refusals are audited one by one before the rest are only counted.
+    #[serde(default)]
+    pub refusals: RefusalSettings,
 }
+
+/// At most `requests` escalation requests created by one principal in any `per`: a burst
+/// of `requests` at once is allowed, then one more each time the oldest leaves the
+/// window. Counted in the store, so every replica sharing the database counts together,
+/// and cancelled requests still count (a create/cancel loop is bounded too).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscalationRateSettings {
+    /// Requests allowed per window, 1 to 10000.
+    pub requests: u32,
+    /// The sliding window, 1s to 24h.
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+}
+
+impl Default for EscalationRateSettings {
+    fn default() -> Self {
+        EscalationRateSettings {
+            requests: 10,
+            per: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Budgets of individually audited refusals, per window (see [`crate::refusals`]).
+/// Beyond a budget a refusal is still refused, and counted into a `*.suppressed` event
+/// written when the window ends. Kept per server process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefusalSettings {
+    /// Length of a window, and how often summaries are written (1s to 1h).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Anonymous refusals audited one by one per address (an IPv4 address, an IPv6 /64).
+    pub per_address: u32,
+    /// Anonymous refusals audited one by one, all addresses together.
+    pub all_addresses: u32,
+    /// Refusals of one authenticated principal audited one by one.
+    pub per_principal: u32,
+}
+
+impl Default for RefusalSettings {
+    fn default() -> Self {
+        RefusalSettings {
+            window: Duration::from_secs(10),
+            per_address: 30,
+            all_addresses: 300,
+            per_principal: 30,
+        }
+    }
+}
+
+/// Largest refusal budget per window.
+pub const REFUSAL_BUDGET_CEILING: u32 = 100_000;
 
 /// One scope of the catalogue.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -664,6 +724,7 @@ impl Settings {
         if self.limits.max_body_bytes < 256 || self.limits.max_body_bytes > 1024 * 1024 {
             problems.push("limits.max_body_bytes must be between 256 and 1048576".into());
         }
+        problems.extend(self.limit_problems());
         if self.master_key.is_some() && self.master_key_file.is_some() {
             problems.push("set either master_key or master_key_file, not both".into());
         }
@@ -796,6 +857,43 @@ impl Settings {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// Problems of the escalation rate and refusal budgets.
+    fn limit_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let rate = &self.limits.escalation_rate;
+        if !(1..=10_000).contains(&rate.requests) {
+            problems.push(format!(
+                "limits.escalation_rate.requests is {}; it must be between 1 and 10000",
+                rate.requests
+            ));
+        }
+        if rate.per < Duration::from_secs(1) || rate.per > Duration::from_secs(24 * 3600) {
+            problems.push("limits.escalation_rate.per must be between 1s and 24h".into());
+        }
+        let r = &self.limits.refusals;
+        if r.window < Duration::from_secs(1) || r.window > Duration::from_secs(3600) {
+            problems.push("limits.refusals.window must be between 1s and 1h".into());
+        }
+        for (name, value) in [
+            ("per_address", r.per_address),
+            ("all_addresses", r.all_addresses),
+            ("per_principal", r.per_principal),
+        ] {
+            if !(1..=REFUSAL_BUDGET_CEILING).contains(&value) {
+                problems.push(format!(
+                    "limits.refusals.{name} is {value}; it must be between 1 and {REFUSAL_BUDGET_CEILING}"
+                ));
+            }
+        }
+        if r.all_addresses < r.per_address {
+            problems.push(format!(
+                "limits.refusals.all_addresses ({}) is below per_address ({}); raise all_addresses",
+                r.all_addresses, r.per_address
+            ));
+        }
+        problems
     }
 
     /// The environment named `name`, if configured.
@@ -975,6 +1073,40 @@ mod tests {
                 .any(|m| m.contains("environments.dev.max_ttl") && m.contains("below default_ttl")),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn the_default_limits_match_their_documented_values() {
+        let s = Settings::load(&Sources::default()).unwrap();
+        let rate = &s.limits.escalation_rate;
+        assert_eq!((rate.requests, rate.per), (10, Duration::from_secs(60)));
+        let r = &s.limits.refusals;
+        assert_eq!(r.window, Duration::from_secs(10));
+        assert_eq!((r.per_address, r.all_addresses, r.per_principal), (30, 300, 30));
+        // The file and the code agree, so an operator file without these tables gets them too.
+        let d = RefusalSettings::default();
+        assert_eq!(
+            (d.window, d.per_address, d.all_addresses, d.per_principal),
+            (r.window, 30, 300, 30)
+        );
+        let d = EscalationRateSettings::default();
+        assert_eq!((d.requests, d.per), (rate.requests, rate.per));
+    }
+
+    #[test]
+    fn escalation_rates_and_refusal_budgets_are_checked() {
+        let p = problems(
+            "[limits.escalation_rate]\nrequests = 0\nper = \"0s\"\n[limits.refusals]\nwindow = \"2h\"\nper_address = 50\nall_addresses = 40\nper_principal = 0\n",
+        );
+        for needle in [
+            "limits.escalation_rate.requests is 0",
+            "limits.escalation_rate.per",
+            "limits.refusals.window",
+            "limits.refusals.per_principal is 0",
+            "all_addresses (40) is below per_address (50)",
+        ] {
+            assert!(p.iter().any(|m| m.contains(needle)), "{needle}: {p:?}");
+        }
     }
 
     #[test]

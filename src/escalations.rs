@@ -22,7 +22,7 @@ use crate::domain::{
 };
 use crate::people::{self, Authenticated, SessionError, SignInError};
 use crate::policy::escalation::{self as rules, ApprovalRefusal, RequestRefusal, Requester};
-use crate::store::{ApproveOutcome, EscalationFilter, GrantFilter, StoreError};
+use crate::store::{ApproveOutcome, Creation, CreationLimit, EscalationFilter, GrantFilter, StoreError};
 use crate::token::{self, AccessClaims};
 
 /// Longest `?wait=` a caller may ask for.
@@ -72,6 +72,23 @@ pub enum AgentKind {
 }
 
 impl Principal {
+    /// Whose budgets a call counts against (escalation creations, audited refusals): the
+    /// agent, or the person, together with every process acting for them (a process name
+    /// is the caller's choice, so a new name must not buy a new budget).
+    pub fn budget_key(&self) -> String {
+        match self {
+            Principal::Person(a) => format!("user:{}", a.user.username),
+            Principal::Agent(AgentPrincipal {
+                kind: AgentKind::Registered(a),
+                ..
+            }) => format!("agent:{}", a.client_id),
+            Principal::Agent(AgentPrincipal {
+                kind: AgentKind::Delegated { user, .. },
+                ..
+            }) => format!("user:{}", user.username),
+        }
+    }
+
     /// Audit actor.
     pub fn actor(&self) -> String {
         match self {
@@ -103,6 +120,13 @@ pub enum EscalationError {
     UnknownEnvironment,
     /// 409: the request is no longer pending (or the grant no longer active).
     Conflict(String),
+    /// 429: too many requests created lately; try again in `retry_after_secs`.
+    RateLimited {
+        /// What happened and when to try again.
+        message: String,
+        /// Seconds until one more request is accepted (at least 1).
+        retry_after_secs: u64,
+    },
     /// The approver's TOTP code was refused (401 / 429 / 503).
     Totp(SignInError),
     /// 503: fail closed.
@@ -301,6 +325,10 @@ pub async fn create(
 ) -> Result<EscalationView, EscalationError> {
     let requester = requester_of(state, principal);
     let actor = requester.actor();
+    let budget_key = principal.budget_key();
+    // Policy refusals count against the principal's budget of audited refusals;
+    // cross-environment attempts never do (see crate::refusals).
+    let refused = |event: NewAuditEvent| state.refusals.record(state.store.as_ref(), &budget_key, event);
     let plan = match rules::check_request(
         &state.settings,
         &requester,
@@ -329,7 +357,11 @@ pub async fn create(
             } else {
                 event
             };
-            state.store.append_audit(event).await.map_err(store_err)?;
+            if matches!(refusal, RequestRefusal::CrossEnvironment { .. }) {
+                state.store.append_audit(event).await.map_err(store_err)?;
+            } else {
+                refused(event).await.map_err(store_err)?;
+            }
             let message = refusal.message(&req.environment);
             return Err(match refusal {
                 RequestRefusal::UnknownEnvironment => EscalationError::UnknownEnvironment,
@@ -414,13 +446,13 @@ pub async fn create(
         let event = NewAuditEvent::new("escalation.refused", actor, Outcome::Refused)
             .env(req.environment.clone())
             .detail("reason", "too_many_pending");
-        state.store.append_audit(event).await.map_err(store_err)?;
+        refused(event).await.map_err(store_err)?;
         return Err(EscalationError::Conflict(format!(
             "you already have {MAX_PENDING_PER_HOLDER} pending requests; cancel some (airlock cancel ID) \
              or wait for a decision"
         )));
     }
-    let created = NewAuditEvent::new("escalation.requested", actor, Outcome::Success)
+    let created = NewAuditEvent::new("escalation.requested", actor.clone(), Outcome::Success)
         .env(req.environment.clone())
         .subject(escalation.id.to_string())
         .detail("scopes", escalation.scopes.clone())
@@ -439,11 +471,41 @@ pub async fn create(
     } else {
         None
     };
-    state
+    // Bounds what one principal can put in front of approvers and their webhooks, even
+    // in a create/cancel loop: creations are counted, not pending requests.
+    let rate = &state.settings.limits.escalation_rate;
+    let limit = CreationLimit {
+        requests: rate.requests,
+        per: rate.per,
+    };
+    let created = state
         .store
-        .create_escalation(&escalation, grant.as_ref(), events)
+        .create_escalation_within(&escalation, grant.as_ref(), events, limit)
         .await
         .map_err(store_err)?;
+    if let Creation::Limited { retry_at } = created {
+        let wait = (retry_at - now()).as_seconds_f64().ceil().max(1.0) as u64;
+        let event = NewAuditEvent::new("escalation.refused", actor, Outcome::Refused)
+            .env(req.environment.clone())
+            .detail("reason", "rate_limited")
+            .detail("retry_after_secs", wait);
+        refused(event).await.map_err(store_err)?;
+        return Err(EscalationError::RateLimited {
+            message: format!(
+                "you have created {} escalation requests in the last {}; try again in {wait} second{} \
+                 (at {}); cancelling a request does not give it back",
+                rate.requests,
+                humantime::format_duration(rate.per),
+                if wait == 1 { "" } else { "s" },
+                retry_at
+                    .replace_nanosecond(0)
+                    .unwrap_or(retry_at)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            ),
+            retry_after_secs: wait,
+        });
+    }
     tracing::info!(id = %escalation.id, env = %escalation.environment, "escalation requested");
     announce(state, "escalation.created", &escalation, grant.as_ref(), None);
     if grant.is_some() {
@@ -630,11 +692,12 @@ async fn refuse_decision(
     .subject(e.id.to_string())
     .detail("action", action.to_string())
     .detail("reason", refusal.reason());
+    // Within the person's budget of audited refusals (see crate::refusals).
+    let principal = format!("user:{}", auth.user.username);
     state
-        .store
-        .append_audit(event)
+        .refusals
+        .record(state.store.as_ref(), &principal, event)
         .await
-        .map(|_| ())
         .map_err(store_err)
 }
 

@@ -85,6 +85,27 @@ async fn refuse(state: &AppState, event: NewAuditEvent, error: OAuthError) -> OA
     }
 }
 
+/// Record a policy refusal of an authenticated `principal`, within its budget (see
+/// [`crate::refusals`]); if an admitted refusal cannot be recorded, the answer becomes 503.
+pub(crate) async fn refuse_principal(
+    state: &AppState,
+    principal: &str,
+    event: NewAuditEvent,
+    error: OAuthError,
+) -> OAuthError {
+    match state
+        .refusals
+        .record(state.store.as_ref(), principal, event)
+        .await
+    {
+        Ok(()) => error,
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot record a refusal; failing closed");
+            OAuthError::Unavailable
+        }
+    }
+}
+
 /// Record a refusal of an unauthenticated caller, within that address's budget
 /// (see [`crate::refusals`]).
 async fn refuse_anonymous(
@@ -150,8 +171,9 @@ pub async fn client_credentials(
     let plan = match policy::agent_scope_plan(&state.settings, env, &agent, scope) {
         Ok(p) => p,
         Err(refusal) => {
-            return Err(refuse(
+            return Err(refuse_principal(
                 state,
+                &actor,
                 refused(refusal.reason()),
                 OAuthError::InvalidScope(refusal.description(env_name)),
             )
@@ -197,7 +219,7 @@ pub async fn client_credentials(
                 ScopeRefusal::Destructive(_) => OAuthError::AccessDenied(refusal.description(env_name)),
                 _ => OAuthError::InvalidScope(refusal.description(env_name)),
             };
-            return Err(refuse(state, refused(refusal.reason()), error).await);
+            return Err(refuse_principal(state, &actor, refused(refusal.reason()), error).await);
         }
         found
     };
@@ -209,8 +231,9 @@ pub async fn client_credentials(
         // Invariant 6: never past the grant's end.
         lifetime = crate::policy::escalation::grant_token_lifetime(lifetime, g, at);
         if lifetime.is_zero() {
-            return Err(refuse(
+            return Err(refuse_principal(
                 state,
+                &actor,
                 refused("grant_ended"),
                 OAuthError::AccessDenied("the grant has ended; ask for a new escalation".into()),
             )

@@ -882,24 +882,21 @@ pub async fn exchange(
             .detail("grant_type", "token-exchange")
             .detail("act", act.as_ref().map(|a| a.sub.clone()))
     };
+    // Policy refusals of this person count against their budget (see crate::refusals).
+    let audit_refusal = |event: NewAuditEvent| record_refusal(state, &actor, event);
     if state.settings.auth.require_totp && !user.totp_enrolled() {
-        state
-            .store
-            .append_audit(refuse("totp_not_enrolled"))
-            .await
-            .map_err(|_| OAuthError::Unavailable)?;
+        audit_refusal(refuse("totp_not_enrolled")).await?;
         return Err(OAuthError::AccessDenied(
             "this server requires TOTP for everyone: run airlock totp enroll first".into(),
         ));
     }
     let roles = effective_roles(state, &auth);
-    let audit = |event: NewAuditEvent| record(state, event);
     let plan = match policy::human_scope_plan(&state.settings, env, env_name, &roles, req.scope) {
         Ok(p) => p,
         Err(refusal) => {
             let event =
                 refuse(refusal.reason()).detail("requested", req.scope.map(|s| known_scopes(state, s)));
-            audit(event).await?;
+            audit_refusal(event).await?;
             return Err(refusal_error(&refusal, env_name));
         }
     };
@@ -916,8 +913,10 @@ pub async fn exchange(
                 .map_err(|_| OAuthError::Unavailable)?;
         let Some(grant) = found else {
             let refusal = policy::human_refusal(&state.settings, env, env_name, &roles, &plan.needs_grant);
-            audit(refuse(refusal.reason()).detail("requested", known_scopes(state, &plan.wanted.join(" "))))
-                .await?;
+            audit_refusal(
+                refuse(refusal.reason()).detail("requested", known_scopes(state, &plan.wanted.join(" "))),
+            )
+            .await?;
             return Err(refusal_error(&refusal, env_name));
         };
         // A grant that reaches production, or covers a destructive scope in any
@@ -940,7 +939,7 @@ pub async fn exchange(
         // Invariant 6: never past the grant's end.
         lifetime = crate::policy::escalation::grant_token_lifetime(lifetime, g, at);
         if lifetime.is_zero() {
-            audit(refuse("grant_ended")).await?;
+            audit_refusal(refuse("grant_ended")).await?;
             return Err(OAuthError::AccessDenied(
                 "the grant has ended; ask for a new escalation".into(),
             ));
@@ -1001,6 +1000,16 @@ async fn record(state: &AppState, event: NewAuditEvent) -> Result<(), OAuthError
         .append_audit(event)
         .await
         .map(|_| ())
+        .map_err(|_| OAuthError::Unavailable)
+}
+
+/// Write a policy refusal of `principal` at the token endpoint, within its budget (see
+/// [`crate::refusals`]); an admitted refusal that cannot be written fails closed.
+async fn record_refusal(state: &AppState, principal: &str, event: NewAuditEvent) -> Result<(), OAuthError> {
+    state
+        .refusals
+        .record(state.store.as_ref(), principal, event)
+        .await
         .map_err(|_| OAuthError::Unavailable)
 }
 

@@ -29,6 +29,14 @@ pub enum ApiError {
     /// 409.
     #[error("{0}")]
     Conflict(String),
+    /// 429 with `Retry-After`: too many requests lately; the message says when to retry.
+    #[error("{message}")]
+    RateLimited {
+        /// What happened and when to try again.
+        message: String,
+        /// Seconds until a retry can succeed.
+        retry_after_secs: u64,
+    },
     /// A sign-in that did not succeed (401, 429 or 503).
     #[error("sign-in failed")]
     SignIn(crate::people::SignInError),
@@ -63,6 +71,9 @@ impl ApiError {
             ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.clone()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            ApiError::RateLimited { message, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited", message.clone())
+            }
             ApiError::SignIn(e) => {
                 let status = match e {
                     S::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -140,7 +151,14 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match (&self, status) {
-            (ApiError::SignIn(crate::people::SignInError::Throttled(secs)), _) => {
+            (ApiError::SignIn(crate::people::SignInError::Throttled(secs)), _)
+            | (
+                ApiError::RateLimited {
+                    retry_after_secs: secs,
+                    ..
+                },
+                _,
+            ) => {
                 if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                     headers.insert(header::RETRY_AFTER, v);
                 }
@@ -256,6 +274,13 @@ impl From<crate::escalations::EscalationError> for ApiError {
             E::NotFound => ApiError::NotFound("request"),
             E::UnknownEnvironment => ApiError::NotFound("environment"),
             E::Conflict(m) => ApiError::Conflict(m),
+            E::RateLimited {
+                message,
+                retry_after_secs,
+            } => ApiError::RateLimited {
+                message,
+                retry_after_secs,
+            },
             E::Totp(e) => ApiError::SignIn(e),
             E::Unavailable => ApiError::Unavailable("the store is unavailable; retry shortly"),
         }

@@ -148,6 +148,10 @@ async fn person_only(
     match principal {
         Principal::Person(auth) => Ok(auth),
         agent @ Principal::Agent(_) => {
+            // Within the principal's budget of audited refusals (see crate::refusals): an
+            // agent looping on approve cannot flood the trail, and its first attempts in
+            // every window are still recorded one by one.
+            let principal = agent.budget_key();
             let mut event =
                 NewAuditEvent::new("escalation.decision_refused", agent.actor(), Outcome::Refused)
                     .detail("action", action.to_string())
@@ -160,8 +164,8 @@ async fn person_only(
                 }
             }
             state
-                .store
-                .append_audit(event)
+                .refusals
+                .record(state.store.as_ref(), &principal, event)
                 .await
                 .map_err(|_| ApiError::Unavailable("the store is unavailable; retry shortly"))?;
             Err(ApiError::Forbidden(

@@ -407,10 +407,63 @@ pub fn grant_for(escalation: &Escalation, id: Uuid, at: OffsetDateTime) -> Grant
     }
 }
 
+/// When a holder whose latest requests were created at `recent` may create another at
+/// `at`, if at most `requests` may be created in any `per`: `None` for now, else the
+/// moment enough of them have left the window. A burst of `requests` is allowed; cancelled
+/// requests count like any other, so a create/cancel loop is bounded too.
+///
+/// ```
+/// use std::time::Duration;
+/// use airlock::policy::escalation::creation_retry_at;
+/// let at = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1000);
+/// let secs = |s: u64| time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(s);
+/// let minute = Duration::from_secs(60);
+/// assert_eq!(creation_retry_at(&[secs(990), secs(980)], at, 3, minute), None);
+/// assert_eq!(creation_retry_at(&[secs(990), secs(980), secs(950)], at, 3, minute), Some(secs(1010)));
+/// // Older than the window: forgotten.
+/// assert_eq!(creation_retry_at(&[secs(990), secs(980), secs(900)], at, 3, minute), None);
+/// ```
+pub fn creation_retry_at(
+    recent: &[OffsetDateTime],
+    at: OffsetDateTime,
+    requests: u32,
+    per: Duration,
+) -> Option<OffsetDateTime> {
+    let since = at - per;
+    let mut inside: Vec<OffsetDateTime> = recent.iter().copied().filter(|t| *t > since).collect();
+    let requests = requests.max(1) as usize;
+    if inside.len() < requests {
+        return None;
+    }
+    inside.sort();
+    // Once this one leaves the window, requests - 1 remain: room for one more.
+    Some(inside[inside.len() - requests] + per)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Sources;
+
+    #[test]
+    fn creations_are_limited_over_a_sliding_window() {
+        let t0 = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        let per = Duration::from_secs(60);
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        // A burst of 10 at once is allowed; the 11th waits for the first to leave.
+        let burst: Vec<_> = (0..10).map(|_| s(0)).collect();
+        assert_eq!(creation_retry_at(&burst[..9], s(0), 10, per), None);
+        assert_eq!(creation_retry_at(&burst, s(0), 10, per), Some(s(60)));
+        assert_eq!(creation_retry_at(&burst, s(59), 10, per), Some(s(60)));
+        assert_eq!(creation_retry_at(&burst, s(60), 10, per), None);
+        // Spread out: the wait is for the oldest that keeps the holder at the limit.
+        let spread = [s(50), s(10), s(30), s(40), s(20)];
+        assert_eq!(creation_retry_at(&spread, s(55), 3, per), Some(s(90)));
+        // More than the limit (the limit was lowered): wait until limit - 1 remain.
+        assert_eq!(creation_retry_at(&spread, s(55), 2, per), Some(s(100)));
+        // Clock skew between replicas: a creation stamped in the future still counts.
+        assert_eq!(creation_retry_at(&[s(70)], s(55), 1, per), Some(s(130)));
+    }
 
     fn settings() -> Settings {
         Settings::load(&Sources::default()).unwrap()

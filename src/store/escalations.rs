@@ -56,6 +56,27 @@ pub enum ApproveOutcome {
 /// Builds the audit event of a change the store finds by itself (expiry, grant end).
 pub type EventFor<T> = fn(&T) -> NewAuditEvent;
 
+/// At most `requests` requests created by one holder in any `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreationLimit {
+    /// Requests allowed per window.
+    pub requests: u32,
+    /// The sliding window.
+    pub per: std::time::Duration,
+}
+
+/// What [`EscalationStore::create_escalation_within`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// Recorded, with its events.
+    Created,
+    /// Nothing written: the holder is at its limit until this moment.
+    Limited {
+        /// When one more request will be accepted.
+        retry_at: OffsetDateTime,
+    },
+}
+
 /// Escalation persistence.
 #[async_trait]
 pub trait EscalationStore: Send + Sync {
@@ -67,6 +88,19 @@ pub trait EscalationStore: Send + Sync {
         grant: Option<&Grant>,
         events: Vec<NewAuditEvent>,
     ) -> StoreResult<()>;
+    /// As [`Self::create_escalation`], unless the request's holder already created
+    /// `limit.requests` requests in the `limit.per` before the request's `created_at`;
+    /// then nothing is written. Cancelled and decided requests count too. The count and
+    /// the insert happen in one transaction that first takes the audit chain's lock (the
+    /// one every audited change takes), so concurrent requests, from any replica, are
+    /// counted one after the other and the limit holds exactly.
+    async fn create_escalation_within(
+        &self,
+        escalation: &Escalation,
+        grant: Option<&Grant>,
+        events: Vec<NewAuditEvent>,
+        limit: CreationLimit,
+    ) -> StoreResult<Creation>;
     /// One request, with its approvals.
     async fn escalation(&self, id: Uuid) -> StoreResult<Escalation>;
     /// A request's history, oldest first.
@@ -348,6 +382,53 @@ macro_rules! impl_escalation_store {
             .map_err($crate::store::sql::map_err)
         }
 
+        async fn esc_insert(
+            tx: &mut <$db as sqlx::Database>::Connection,
+            e: &$crate::domain::Escalation,
+            grant: Option<&$crate::domain::Grant>,
+            events: Vec<$crate::domain::NewAuditEvent>,
+        ) -> $crate::store::StoreResult<()> {
+            use $crate::store::sql::map_err;
+            sqlx::query(
+                "insert into escalations (id, environment, scopes, duration_secs, reason, requester_kind, \
+                 requester, requester_user_id, sponsor, sponsor_user_id, holder, holder_actor, quorum, state, \
+                 created_at, expires_at, decided_at, decided_by) \
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            )
+            .bind(e.id)
+            .bind(&e.environment)
+            .bind(serde_json::to_string(&e.scopes).unwrap_or_default())
+            .bind(e.duration_secs)
+            .bind(&e.reason)
+            .bind(e.requester_kind.as_str())
+            .bind(&e.requester)
+            .bind(e.requester_user_id)
+            .bind(&e.sponsor)
+            .bind(e.sponsor_user_id)
+            .bind(&e.holder)
+            .bind(&e.holder_actor)
+            .bind(i64::from(e.quorum))
+            .bind(e.state.as_str())
+            .bind(e.created_at)
+            .bind(e.expires_at)
+            .bind(e.decided_at)
+            .bind(&e.decided_by)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let actor = e.sponsor.as_ref().map_or_else(
+                || e.requester.clone(),
+                |s| format!("{} for {s}", e.requester),
+            );
+            esc_history(&mut *tx, e.id, e.created_at, "created", &actor, Some(&e.reason)).await?;
+            if let Some(g) = grant {
+                esc_insert_grant(&mut *tx, g).await?;
+                esc_history(&mut *tx, e.id, g.starts_at, "approved", "policy:auto_approve", None).await?;
+            }
+            append_in_tx(&mut *tx, events).await?;
+            Ok(())
+        }
+
         async fn esc_fetch_grant(
             conn: &mut <$db as sqlx::Database>::Connection,
             id: uuid::Uuid,
@@ -408,44 +489,48 @@ macro_rules! impl_escalation_store {
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
-                sqlx::query(
-                    "insert into escalations (id, environment, scopes, duration_secs, reason, requester_kind, \
-                     requester, requester_user_id, sponsor, sponsor_user_id, holder, holder_actor, quorum, state, \
-                     created_at, expires_at, decided_at, decided_by) \
-                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                esc_insert(&mut tx, e, grant, events).await?;
+                tx.commit().await.map_err(map_err)
+            }
+
+            async fn create_escalation_within(
+                &self,
+                e: &$crate::domain::Escalation,
+                grant: Option<&$crate::domain::Grant>,
+                events: Vec<$crate::domain::NewAuditEvent>,
+                limit: $crate::store::escalations::CreationLimit,
+            ) -> $crate::store::StoreResult<$crate::store::escalations::Creation> {
+                use $crate::store::sql::map_err;
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                // The audit chain's lock first (the row lock on Postgres, the write lock on
+                // SQLite): creations of every replica are counted one after the other.
+                sqlx::query("update audit_head set seq = seq where id = 1")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                // Two seconds of slack: SQLite compares the stored timestamps as text; the
+                // exact window is applied to the values read.
+                let since = e.created_at - limit.per - std::time::Duration::from_secs(2);
+                let recent: Vec<(time::OffsetDateTime,)> = sqlx::query_as(
+                    "select created_at from escalations where holder = $1 and created_at > $2 \
+                     order by created_at desc limit $3",
                 )
-                .bind(e.id)
-                .bind(&e.environment)
-                .bind(serde_json::to_string(&e.scopes).unwrap_or_default())
-                .bind(e.duration_secs)
-                .bind(&e.reason)
-                .bind(e.requester_kind.as_str())
-                .bind(&e.requester)
-                .bind(e.requester_user_id)
-                .bind(&e.sponsor)
-                .bind(e.sponsor_user_id)
                 .bind(&e.holder)
-                .bind(&e.holder_actor)
-                .bind(i64::from(e.quorum))
-                .bind(e.state.as_str())
-                .bind(e.created_at)
-                .bind(e.expires_at)
-                .bind(e.decided_at)
-                .bind(&e.decided_by)
-                .execute(&mut *tx)
+                .bind(since)
+                .bind(i64::from(limit.requests.max(1)))
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(map_err)?;
-                let actor = e.sponsor.as_ref().map_or_else(
-                    || e.requester.clone(),
-                    |s| format!("{} for {s}", e.requester),
-                );
-                esc_history(&mut tx, e.id, e.created_at, "created", &actor, Some(&e.reason)).await?;
-                if let Some(g) = grant {
-                    esc_insert_grant(&mut tx, g).await?;
-                    esc_history(&mut tx, e.id, g.starts_at, "approved", "policy:auto_approve", None).await?;
+                let recent: Vec<time::OffsetDateTime> = recent.into_iter().map(|(t,)| t).collect();
+                if let Some(retry_at) =
+                    $crate::policy::escalation::creation_retry_at(&recent, e.created_at, limit.requests, limit.per)
+                {
+                    tx.rollback().await.map_err(map_err)?;
+                    return Ok($crate::store::escalations::Creation::Limited { retry_at });
                 }
-                append_in_tx(&mut tx, events).await?;
-                tx.commit().await.map_err(map_err)
+                esc_insert(&mut tx, e, grant, events).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok($crate::store::escalations::Creation::Created)
             }
 
             async fn escalation(&self, id: uuid::Uuid) -> $crate::store::StoreResult<$crate::domain::Escalation> {

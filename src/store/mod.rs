@@ -25,7 +25,9 @@ use uuid::Uuid;
 
 use crate::domain::{Agent, AuditRecord, KeySet, KeyStatus, NewAuditEvent, StoredKey};
 
-pub use escalations::{ApproveOutcome, EscalationFilter, EscalationStore, GrantFilter};
+pub use escalations::{
+    ApproveOutcome, Creation, CreationLimit, EscalationFilter, EscalationStore, GrantFilter,
+};
 pub use people::{PeopleStore, RefreshOutcome, ThrottleRule, UserChange};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -444,6 +444,9 @@ fn apply_config(s: &mut airlock::config::Settings, c: &CaseConfig) {
     // Replayed codes are part of the game: keep the sign-in throttle out of it (it has
     // tests of its own), so a refused code is always a 401, never a 429.
     s.auth.throttle_free_failures = 1_000_000;
+    // Likewise the escalation creation limit (flood_limits.rs tests it): here a 429 would
+    // only hide the state machine.
+    s.limits.escalation_rate.requests = 10_000;
 }
 
 struct PersonRt {

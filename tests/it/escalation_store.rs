@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 use crate::harness::{Backend, TestDb};
 
-fn event(kind: &str) -> NewAuditEvent {
+pub(crate) fn event(kind: &str) -> NewAuditEvent {
     NewAuditEvent::new(kind, "test", Outcome::Success)
 }
 
-async fn user(store: &dyn Store, name: &str) -> User {
+pub(crate) async fn user(store: &dyn Store, name: &str) -> User {
     let at = domain::now();
     let u = User {
         id: Uuid::new_v4(),
@@ -37,7 +37,7 @@ async fn user(store: &dyn Store, name: &str) -> User {
     u
 }
 
-fn request(requester: &User, quorum: u32, expires_at: OffsetDateTime) -> Escalation {
+pub(crate) fn request(requester: &User, quorum: u32, expires_at: OffsetDateTime) -> Escalation {
     let at = domain::now();
     Escalation {
         id: Uuid::new_v4(),
@@ -94,7 +94,7 @@ async fn count_events(store: &dyn Store, kind: &str, subject: &str) -> usize {
         .count()
 }
 
-async fn replicas(backend: Backend) -> Option<(TestDb, Arc<dyn Store>, Arc<dyn Store>)> {
+pub(crate) async fn replicas(backend: Backend) -> Option<(TestDb, Arc<dyn Store>, Arc<dyn Store>)> {
     let db = TestDb::new(backend).await?;
     let a = db.store().await;
     let b = db.store().await;

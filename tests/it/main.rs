@@ -11,6 +11,7 @@ mod escalation_store;
 mod escalation_support;
 mod escalations;
 mod failclosed;
+mod flood_limits;
 mod hardening;
 mod harness;
 mod introspection;

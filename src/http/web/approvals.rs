@@ -236,9 +236,10 @@ fn refused(e: EscalationError) -> Flash {
         EscalationError::NotFound | EscalationError::UnknownEnvironment => {
             "That request does not exist, or you may not see it.".to_string()
         }
-        EscalationError::Forbidden(m) | EscalationError::BadRequest(m) | EscalationError::Conflict(m) => {
-            sentence(&m)
-        }
+        EscalationError::Forbidden(m)
+        | EscalationError::BadRequest(m)
+        | EscalationError::Conflict(m)
+        | EscalationError::RateLimited { message: m, .. } => sentence(&m),
         EscalationError::Totp(SignInError::TotpRequired) => {
             "Approving needs an authenticator app: set one up first.".to_string()
         }
