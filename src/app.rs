@@ -157,16 +157,14 @@ impl App {
         let App { listener, state } = self;
         let store = state.store.clone();
         let notifier = state.notifier.clone();
+        let limits = crate::http::ConnectionLimits {
+            header_read_timeout: state.settings.limits.header_read_timeout,
+            max_connections: state.settings.limits.max_connections,
+        };
         // Expire requests and record ended grants even when nobody calls the API.
         let sweeper = crate::escalations::spawn_sweeper(state.clone());
         let router = crate::http::router(state);
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error")?;
+        crate::http::serve(listener, router, limits, shutdown).await;
         sweeper.abort();
         notifier.drain(std::time::Duration::from_secs(5)).await;
         store.close().await;

@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod connections;
 mod contract;
 mod escalation_cli;
 mod escalation_props;
