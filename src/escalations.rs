@@ -541,15 +541,19 @@ pub async fn get(
     }
     if let Some(wait) = wait.map(|w| w.min(MAX_WAIT)) {
         let deadline = tokio::time::Instant::now() + wait;
+        // A shutting-down server answers every waiter at once with the current state;
+        // the caller polls again (another replica, or this one restarted).
+        let mut stopping = state.stopping.subscribe();
         while e.state == EscalationState::Pending && e.expires_at > now() {
             let notified = state.changes.notified();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || *stopping.borrow_and_update() {
                 break;
             }
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(left.min(WAIT_POLL)) => {}
+                _ = stopping.changed() => {}
             }
             e = state.store.escalation(id).await.map_err(store_err)?;
         }

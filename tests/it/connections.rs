@@ -1,12 +1,17 @@
-//! Connections: slow headers are cut off and the connection cap holds.
+//! Connections and shutdown: slow headers are cut off, the connection cap holds, a
+//! SIGTERM answers `?wait=` long-polls at once.
 
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Backend, spawn_app_with};
+use crate::escalation_support::{request_ok, show, status_json};
+use crate::harness::{Backend, TestApp, spawn_app, spawn_app_with};
 
 // --- connections ---------------------------------------------------------------------
 
@@ -120,7 +125,94 @@ async fn at_the_connection_cap_a_new_connection_waits_until_one_closes(backend: 
     );
 }
 
+/// `airlock serve` as a child process on the test app's database and keys, with the same
+/// public URL (so tokens the test app issued are valid there too).
+async fn serve_child(app: &TestApp, data_dir: &Path) -> (tokio::process::Child, String) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = tokio::process::Command::new(TestApp::bin())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AIRLOCK_MASTER_KEY", app.master_key_b64())
+        .env("AIRLOCK_DATA_DIR", data_dir)
+        .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AIRLOCK_PUBLIC_URL", &app.base)
+        .args(["--database", app.db.url.as_str(), "serve"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("airlock serve starts");
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if app.client.get(format!("{base}/healthz")).send().await.is_ok() {
+            return (child, base);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("airlock serve did not answer /healthz");
+}
+
+async fn sigterm_answers_a_waiting_long_poll_at_once_and_the_server_exits(backend: Backend) {
+    // Arrange: a pending request of a staging agent, and a second server process.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let agent = app.create_agent("staging", "migrator", &["db:read"]).await;
+    let (status, body) = status_json(app.token("staging", &agent, Some("db:read")).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let id = request_ok(&app, &token, "staging", &["db:drop"], "30m").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = serve_child(&app, dir.path()).await;
+
+    // Act: a long-poll of up to 60 s on the child, then SIGTERM.
+    let waiter = tokio::spawn({
+        let url = format!("{base}/v1/escalations/{id}?wait=60");
+        let client = app.client.clone();
+        let token = token.clone();
+        async move {
+            let resp = client.get(url).bearer_auth(token).send().await?;
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.json::<Value>().await?))
+        }
+    });
+    // Give the request time to reach its handler and start waiting.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!waiter.is_finished(), "the long-poll waits while pending");
+    let stopped_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+
+    // Assert: the waiter gets the current state, and the process exits, within seconds.
+    let (status, view) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter is answered on shutdown")
+        .unwrap()
+        .expect("an answer, not a cut connection");
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["id"], id);
+    assert_eq!(view["state"], "pending");
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the server exits well within a Kubernetes grace period")
+        .unwrap();
+    assert!(exit.success(), "graceful exit: {exit}");
+    assert!(stopped_at.elapsed() < Duration::from_secs(10));
+    // The request is untouched: still pending on the remaining server.
+    let (status, view) = show(&app, &token, &id, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["state"], "pending");
+}
+
 crate::both_backends!(
     a_connection_that_never_finishes_its_headers_is_closed,
     at_the_connection_cap_a_new_connection_waits_until_one_closes,
+    sigterm_answers_a_waiting_long_poll_at_once_and_the_server_exits,
 );
