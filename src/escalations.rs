@@ -415,8 +415,8 @@ pub async fn create(
             .detail("reason", "too_many_pending");
         state.store.append_audit(event).await.map_err(store_err)?;
         return Err(EscalationError::Conflict(format!(
-            "you already have {MAX_PENDING_PER_HOLDER} pending requests; cancel some (airlock cancel ID) \
-             or wait for a decision"
+            "you already have {MAX_PENDING_PER_HOLDER} pending requests; list them with \
+             `airlock escalations list --pending`, cancel some with `airlock cancel ID`, or wait for a decision"
         )));
     }
     let created = NewAuditEvent::new("escalation.requested", actor, Outcome::Success)

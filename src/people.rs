@@ -669,7 +669,7 @@ pub async fn end_session(state: &AppState, auth: &Authenticated, reason: &str) -
 
 /// `grant_type=refresh_token`: rotate the refresh token; a reused one ends the session.
 pub async fn refresh(state: &AppState, presented: &str) -> Result<SessionTokens, OAuthError> {
-    let gone = || OAuthError::InvalidGrant("the session has ended; run airlock login".into());
+    let gone = || OAuthError::InvalidGrant("the session has ended; run `airlock login`".into());
     if presented.len() > 256 {
         return Err(gone());
     }
@@ -720,7 +720,7 @@ pub async fn refresh(state: &AppState, presented: &str) -> Result<SessionTokens,
         Ok(RefreshOutcome::Reused(_)) => {
             tracing::warn!(session = %session.id, "refresh token reuse; session revoked");
             Err(OAuthError::InvalidGrant(
-                "this refresh token was already used, so the session has been ended; run airlock login"
+                "this refresh token was already used, so the session has been ended; run `airlock login`"
                     .into(),
             ))
         }
@@ -800,7 +800,7 @@ pub async fn exchange(
                     .map_err(|_| OAuthError::Unavailable)?;
             }
             return Err(OAuthError::InvalidGrant(
-                "the session is not valid; run airlock login".into(),
+                "the session is not valid; run `airlock login`".into(),
             ));
         }
     };
@@ -821,7 +821,7 @@ pub async fn exchange(
             .await
             .map_err(|_| OAuthError::Unavailable)?;
         return Err(OAuthError::AccessDenied(
-            "this server requires TOTP for everyone: run airlock totp enroll first".into(),
+            "this server requires TOTP for everyone: run `airlock totp enroll` first".into(),
         ));
     }
     let roles = effective_roles(state, &auth);
@@ -938,11 +938,11 @@ async fn bind_prod_grant(
     refuse: &(dyn Fn(&str) -> NewAuditEvent + Sync),
 ) -> Result<(), OAuthError> {
     let other_session = || {
-        OAuthError::AccessDenied(
+        OAuthError::AccessDenied(format!(
             "this grant is bound to the session that first used it; use that session, \
-             or ask for a new escalation (airlock escalate)"
-                .into(),
-        )
+             or ask for a new escalation: {}",
+            crate::policy::escalate_command(&grant.environment, &grant.scopes)
+        ))
     };
     let audit = |event: NewAuditEvent| record(state, event);
     match grant.session_id {
@@ -961,8 +961,8 @@ async fn bind_prod_grant(
         audit(refuse("step_up_required")).await?;
         return Err(OAuthError::StepUpRequired(
             "your first production token under this grant needs a fresh TOTP code: \
-             run `airlock step-up`, then ask again (airlock token does this for you)"
-                .into(),
+             run `airlock step-up`, then ask again (`airlock token --env ENV` does this for you)"
+                .replace("ENV", &grant.environment),
         ));
     }
     let event = NewAuditEvent::new(
@@ -1100,7 +1100,7 @@ pub async fn device_poll(
     device_code: &str,
     client_id: &str,
 ) -> Result<SessionTokens, OAuthError> {
-    let bad = || OAuthError::InvalidGrant("unknown device code; run airlock login again".into());
+    let bad = || OAuthError::InvalidGrant("unknown device code; run `airlock login` again".into());
     if device_code.len() > 256 {
         return Err(bad());
     }
@@ -1464,9 +1464,10 @@ pub struct TotpEnrolment {
 /// Start TOTP enrolment: a new pending secret (replacing any earlier pending one).
 pub async fn totp_begin(state: &AppState, user: &User) -> Result<TotpEnrolment, ManageError> {
     if user.totp_enrolled() {
-        return Err(ManageError::Conflict(
-            "TOTP is already enrolled; an admin can reset it (airlock user reset --totp)".into(),
-        ));
+        return Err(ManageError::Conflict(format!(
+            "TOTP is already enrolled; an admin can reset it (`airlock user reset {} --totp`)",
+            user.username
+        )));
     }
     let secret = crate::totp::new_secret().map_err(|_| ManageError::Unavailable)?;
     let sealed = state
@@ -1493,7 +1494,7 @@ pub async fn totp_begin(state: &AppState, user: &User) -> Result<TotpEnrolment, 
 pub async fn totp_activate(state: &AppState, user: &User, code: &str) -> Result<(), ManageError> {
     let Some(pending) = &user.totp_pending_sealed else {
         return Err(ManageError::Conflict(
-            "no enrolment in progress; start with airlock totp enroll".into(),
+            "no enrolment in progress; start with `airlock totp enroll`".into(),
         ));
     };
     let secret = state
