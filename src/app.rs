@@ -41,6 +41,9 @@ pub struct AppState {
     pub notifier: Arc<crate::notify::Notifier>,
     /// Wakes requests waiting on an escalation in this process when one changes.
     pub changes: Arc<tokio::sync::Notify>,
+    /// Turns `true` once when the server starts shutting down, so requests waiting on an
+    /// escalation (`?wait=`) answer at once instead of holding the shutdown.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Connection options from settings.
@@ -108,6 +111,7 @@ pub async fn open_state(settings: Settings, migrate: bool) -> anyhow::Result<App
     Ok(AppState {
         notifier,
         changes: crate::escalations::changes(),
+        stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         refusals: crate::refusals::RefusalLimiter::start(store.clone(), settings.limits.refusals.clone()),
         passwords: Arc::new(passwords),
         blocks: Arc::new(crate::people::BlockCache::default()),
@@ -153,21 +157,28 @@ impl App {
     }
 
     /// Serve until `shutdown` resolves, drain in-flight requests, close the pool.
+    ///
+    /// On shutdown, requests waiting on an escalation answer at once with its current
+    /// state (clients poll again elsewhere), so the drain takes at most one request
+    /// deadline rather than a long-poll's minute.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let App { listener, state } = self;
         let store = state.store.clone();
         let notifier = state.notifier.clone();
         let refusals = state.refusals.clone();
+        let stopping = state.stopping.clone();
+        let limits = crate::http::ConnectionLimits {
+            header_read_timeout: state.settings.limits.header_read_timeout,
+            max_connections: state.settings.limits.max_connections,
+        };
         // Expire requests and record ended grants even when nobody calls the API.
         let sweeper = crate::escalations::spawn_sweeper(state.clone());
         let router = crate::http::router(state);
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error")?;
+        let shutdown = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        };
+        crate::http::serve(listener, router, limits, shutdown).await;
         sweeper.abort();
         notifier.drain(std::time::Duration::from_secs(5)).await;
         // What was counted but not yet summarised is written before the pool closes.

@@ -28,6 +28,9 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// The longest `max_ttl` any environment may configure.
 pub const MAX_TTL_CEILING: Duration = Duration::from_secs(24 * 3600);
 
+/// The most concurrent HTTP connections `limits.max_connections` may allow.
+pub const MAX_CONNECTIONS_CEILING: usize = 65_536;
+
 /// Top-level keys an `AIRLOCK_*` variable may set. Anything else starting with
 /// `AIRLOCK_` that is not in [`NON_CONFIG_VARS`] is reported as a likely typo.
 const CONFIG_KEYS: &[&str] = &[
@@ -233,6 +236,12 @@ pub struct LimitSettings {
     /// How many refusals are audited one by one before the rest are only counted.
     #[serde(default)]
     pub refusals: RefusalSettings,
+    /// Longest a client may take to send a request line and headers; also how long a
+    /// kept-alive connection may sit idle. Closes slow-header (slowloris) connections.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Most HTTP connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// At most `requests` escalation requests created by one principal in any `per`: a burst
@@ -725,6 +734,21 @@ impl Settings {
             problems.push("limits.max_body_bytes must be between 256 and 1048576".into());
         }
         problems.extend(self.limit_problems());
+        if self.limits.header_read_timeout < Duration::from_secs(1)
+            || self.limits.header_read_timeout > Duration::from_secs(120)
+        {
+            problems.push(format!(
+                "limits.header_read_timeout ({}) must be between 1s and 2m; 10s suits most clients",
+                humantime::format_duration(self.limits.header_read_timeout)
+            ));
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections > MAX_CONNECTIONS_CEILING {
+            problems.push(format!(
+                "limits.max_connections ({}) must be between 1 and {MAX_CONNECTIONS_CEILING}; keep it below \
+                 the process's open-file limit (ulimit -n) minus the database pool",
+                self.limits.max_connections
+            ));
+        }
         if self.master_key.is_some() && self.master_key_file.is_some() {
             problems.push("set either master_key or master_key_file, not both".into());
         }
@@ -1168,6 +1192,21 @@ mod tests {
             Err(ConfigError::Load(m)) => assert!(m.contains("max_tll"), "{m}"),
             other => panic!("expected a load error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn connection_limits_have_bounds() {
+        let s = Settings::load(&Sources::default()).unwrap();
+        assert_eq!(s.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.limits.max_connections, 512);
+        let p = problems("[limits]\nheader_read_timeout = \"0s\"\nmax_connections = 0\n");
+        assert!(
+            p.iter().any(|m| m.contains("limits.header_read_timeout")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("limits.max_connections")), "{p:?}");
+        let p = problems("[limits]\nheader_read_timeout = \"1h\"\nmax_connections = 1000000\n");
+        assert_eq!(p.len(), 2, "{p:?}");
     }
 
     #[test]

@@ -448,8 +448,8 @@ pub async fn create(
             .detail("reason", "too_many_pending");
         refused(event).await.map_err(store_err)?;
         return Err(EscalationError::Conflict(format!(
-            "you already have {MAX_PENDING_PER_HOLDER} pending requests; cancel some (airlock cancel ID) \
-             or wait for a decision"
+            "you already have {MAX_PENDING_PER_HOLDER} pending requests; list them with \
+             `airlock escalations list --pending`, cancel some with `airlock cancel ID`, or wait for a decision"
         )));
     }
     let created = NewAuditEvent::new("escalation.requested", actor.clone(), Outcome::Success)
@@ -604,15 +604,19 @@ pub async fn get(
     }
     if let Some(wait) = wait.map(|w| w.min(MAX_WAIT)) {
         let deadline = tokio::time::Instant::now() + wait;
+        // A shutting-down server answers every waiter at once with the current state;
+        // the caller polls again (another replica, or this one restarted).
+        let mut stopping = state.stopping.subscribe();
         while e.state == EscalationState::Pending && e.expires_at > now() {
             let notified = state.changes.notified();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || *stopping.borrow_and_update() {
                 break;
             }
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(left.min(WAIT_POLL)) => {}
+                _ = stopping.changed() => {}
             }
             e = state.store.escalation(id).await.map_err(store_err)?;
         }

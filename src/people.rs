@@ -737,7 +737,7 @@ pub async fn end_session(state: &AppState, auth: &Authenticated, reason: &str) -
 
 /// `grant_type=refresh_token`: rotate the refresh token; a reused one ends the session.
 pub async fn refresh(state: &AppState, presented: &str) -> Result<SessionTokens, OAuthError> {
-    let gone = || OAuthError::InvalidGrant("the session has ended; run airlock login".into());
+    let gone = || OAuthError::InvalidGrant("the session has ended; run `airlock login`".into());
     if presented.len() > 256 {
         return Err(gone());
     }
@@ -788,7 +788,7 @@ pub async fn refresh(state: &AppState, presented: &str) -> Result<SessionTokens,
         Ok(RefreshOutcome::Reused(_)) => {
             tracing::warn!(session = %session.id, "refresh token reuse; session revoked");
             Err(OAuthError::InvalidGrant(
-                "this refresh token was already used, so the session has been ended; run airlock login"
+                "this refresh token was already used, so the session has been ended; run `airlock login`"
                     .into(),
             ))
         }
@@ -868,7 +868,7 @@ pub async fn exchange(
                     .map_err(|_| OAuthError::Unavailable)?;
             }
             return Err(OAuthError::InvalidGrant(
-                "the session is not valid; run airlock login".into(),
+                "the session is not valid; run `airlock login`".into(),
             ));
         }
     };
@@ -887,7 +887,7 @@ pub async fn exchange(
     if state.settings.auth.require_totp && !user.totp_enrolled() {
         audit_refusal(refuse("totp_not_enrolled")).await?;
         return Err(OAuthError::AccessDenied(
-            "this server requires TOTP for everyone: run airlock totp enroll first".into(),
+            "this server requires TOTP for everyone: run `airlock totp enroll` first".into(),
         ));
     }
     let roles = effective_roles(state, &auth);
@@ -1023,11 +1023,11 @@ async fn bind_grant(
     refuse: &(dyn Fn(&str) -> NewAuditEvent + Sync),
 ) -> Result<(), OAuthError> {
     let other_session = || {
-        OAuthError::AccessDenied(
+        OAuthError::AccessDenied(format!(
             "this grant is bound to the session that first used it; use that session, \
-             or ask for a new escalation (airlock escalate)"
-                .into(),
-        )
+             or ask for a new escalation: {}",
+            crate::policy::escalate_command(&grant.environment, &grant.scopes)
+        ))
     };
     let audit = |event: NewAuditEvent| record(state, event);
     match grant.session_id {
@@ -1046,8 +1046,8 @@ async fn bind_grant(
         audit(refuse("step_up_required")).await?;
         return Err(OAuthError::StepUpRequired(
             "your first token under this grant needs a fresh TOTP code: \
-             run `airlock step-up`, then ask again (airlock token does this for you)"
-                .into(),
+             run `airlock step-up`, then ask again (`airlock token --env ENV` does this for you)"
+                .replace("ENV", &grant.environment),
         ));
     }
     let event = NewAuditEvent::new(
@@ -1215,7 +1215,7 @@ pub async fn device_poll(
     device_code: &str,
     client_id: &str,
 ) -> Result<SessionTokens, OAuthError> {
-    let bad = || OAuthError::InvalidGrant("unknown device code; run airlock login again".into());
+    let bad = || OAuthError::InvalidGrant("unknown device code; run `airlock login` again".into());
     if device_code.len() > 256 {
         return Err(bad());
     }
@@ -1606,9 +1606,10 @@ fn pending_totp_context(user: Uuid, session: Uuid) -> String {
 pub async fn totp_begin(state: &AppState, auth: &Authenticated) -> Result<TotpEnrolment, ManageError> {
     let user = &auth.user;
     if user.totp_enrolled() {
-        return Err(ManageError::Conflict(
-            "TOTP is already enrolled; an admin can reset it (airlock user reset --totp)".into(),
-        ));
+        return Err(ManageError::Conflict(format!(
+            "TOTP is already enrolled; an admin can reset it (`airlock user reset {} --totp`)",
+            user.username
+        )));
     }
     let secret = crate::totp::new_secret().map_err(|_| ManageError::Unavailable)?;
     let mut plain = zeroize::Zeroizing::new(now().unix_timestamp().to_be_bytes().to_vec());
@@ -1646,7 +1647,7 @@ pub async fn totp_activate(
     let user = &auth.user;
     let Some(pending) = &user.totp_pending_sealed else {
         return Err(ManageError::Conflict(
-            "no enrolment in progress; start with airlock totp enroll".into(),
+            "no enrolment in progress; start with `airlock totp enroll`".into(),
         ));
     };
     let keys = code_keys(state, auth, peer);

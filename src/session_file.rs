@@ -98,7 +98,7 @@ pub fn exists() -> bool {
 pub fn load() -> anyhow::Result<SessionFile> {
     let p = path()?;
     if p == Path::new(NO_SESSION) {
-        bail!("this process was started by `airlock exec` and has no session of its own; use $AIRLOCK_TOKEN");
+        bail!("this process was started by airlock exec and has no session of its own; use $AIRLOCK_TOKEN");
     }
     let meta = match std::fs::metadata(&p) {
         Ok(m) => m,
@@ -172,7 +172,7 @@ pub fn save(s: &SessionFile) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let (p, chosen) = location()?;
     if p == Path::new(NO_SESSION) {
-        bail!("this process was started by `airlock exec`; it cannot keep a session");
+        bail!("this process was started by airlock exec; it cannot keep a session");
     }
     prepare_dir(&p, chosen)?;
     let dir = dir_of(&p);
@@ -237,7 +237,7 @@ pub async fn lock() -> anyhow::Result<SessionLock> {
     use nix::fcntl::{Flock, FlockArg};
     let p = path()?;
     if p == Path::new(NO_SESSION) {
-        bail!("this process was started by `airlock exec` and has no session of its own; use $AIRLOCK_TOKEN");
+        bail!("this process was started by airlock exec and has no session of its own; use $AIRLOCK_TOKEN");
     }
     let lp = lock_path(&p);
     let mut file = open_lock_file(&lp)?;
@@ -268,7 +268,7 @@ pub async fn lock() -> anyhow::Result<SessionLock> {
 pub async fn replace(new: &SessionFile) -> anyhow::Result<()> {
     let (p, chosen) = location()?;
     if p == Path::new(NO_SESSION) {
-        bail!("this process was started by `airlock exec`; it cannot keep a session");
+        bail!("this process was started by airlock exec; it cannot keep a session");
     }
     prepare_dir(&p, chosen)?;
     let held = lock().await?;

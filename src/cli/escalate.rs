@@ -835,8 +835,8 @@ fn outcome(view: &Value, quiet_stdout: bool) -> ExitCode {
         }
         "expired" => {
             eprintln!(
-                "Expired: nobody approved request {id} in time. Ask again with `airlock escalate` \
-                 if you still need it."
+                "Expired: nobody approved request {id} in time. If you still need it, ask again: {}",
+                crate::policy::escalate_command(text(&view["environment"]), &strings(&view["scopes"]))
             );
             ExitCode::from(EXIT_EXPIRED)
         }
@@ -1114,6 +1114,10 @@ mod tests {
             token_command("prod", &["db:write".into(), "db:drop".into()]),
             "airlock token --env prod --scope db:write --scope db:drop"
         );
+        // It runs as printed.
+        use clap::Parser;
+        let words = token_command("prod", &["db:write".into()]);
+        crate::cli::Cli::try_parse_from(words.split(' ')).expect("a valid command");
     }
 
     #[test]

@@ -143,9 +143,10 @@ async fn begin_totp(
     let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
     let user = &caller.0.user;
     if user.totp_enrolled() {
-        return Err(ApiError::Conflict(
-            "TOTP is already enrolled; an admin can reset it (airlock user reset --totp)".into(),
-        ));
+        return Err(ApiError::Conflict(format!(
+            "TOTP is already enrolled; an admin can reset it (`airlock user reset {} --totp`)",
+            user.username
+        )));
     }
     people::sign_in(
         &state,

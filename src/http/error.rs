@@ -61,7 +61,7 @@ impl ApiError {
             ApiError::Unauthenticated => (
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
-                "sign in first (airlock login); your session may have ended".into(),
+                "sign in first (`airlock login`); your session may have ended".into(),
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
             ApiError::StepUpRequired => (
@@ -217,7 +217,7 @@ impl OAuthError {
             OAuthError::ExpiredToken => (
                 StatusCode::BAD_REQUEST,
                 "expired_token",
-                "the device code expired; start again with airlock login".into(),
+                "the device code expired; start again with `airlock login`".into(),
             ),
             OAuthError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -52,8 +52,8 @@ impl Caller {
             Ok(())
         } else if state.settings.is_admin(&self.0.user.roles) {
             Err(ApiError::Forbidden(
-                "your admin role needs TOTP: enrol it (airlock totp enroll), then confirm a code \
-                 for this session (airlock step-up)"
+                "your admin role needs TOTP: enrol it (`airlock totp enroll`), then confirm a code \
+                 for this session (`airlock step-up`)"
                     .into(),
             ))
         } else {

@@ -12,6 +12,7 @@ pub mod error;
 mod escalations;
 mod extract;
 mod health;
+mod serve;
 mod session;
 mod tokens;
 mod web;
@@ -30,6 +31,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use error::{ApiError, oauth_status};
+pub use serve::{ConnectionLimits, serve};
 
 /// Largest body any route accepts; the token endpoint applies its own, smaller limit.
 const GLOBAL_BODY_LIMIT: usize = 64 * 1024;

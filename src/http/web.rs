@@ -154,7 +154,7 @@ async fn signed_in_or(
 
 /// What a person sees for a code that is not pending.
 const UNKNOWN_CODE: &str = "That code is unknown, has expired or was already used. Check the code your \
-                            terminal shows, or run airlock login again for a new one.";
+                            terminal shows, or run `airlock login` again for a new one.";
 
 /// `POST /device`: approve or deny a code.
 async fn decide_device(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -681,13 +681,17 @@ fn totp_page(
 }
 
 fn already_enrolled_page(nav: &Nav) -> Response {
+    let text = format!(
+        "Your authenticator app is already set up. To replace it, ask an admin to reset it \
+         (`airlock user reset {} --totp`).",
+        nav.username
+    );
     message_page(
         StatusCode::OK,
         "Authenticator app already set up",
         Some(nav),
         Tone::Notice,
-        "Your authenticator app is already set up. To replace it, ask an admin to reset it \
-         (airlock user reset --totp).",
+        &text,
     )
 }
 

@@ -265,7 +265,7 @@ impl ApprovalRefusal {
                 needs_totp: true,
             } => format!(
                 "your role '{role}' approves in '{env}' only once TOTP is enrolled and this session signed in \
-                 with a code (airlock totp enroll, then airlock step-up)"
+                 with a code (`airlock totp enroll`, then `airlock step-up`)"
             ),
             ApprovalRefusal::NotApprover {
                 role,

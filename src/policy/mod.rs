@@ -15,6 +15,23 @@ use crate::domain::Agent;
 /// Most scopes one request may name.
 pub const MAX_SCOPES_PER_REQUEST: usize = 32;
 
+/// The grant length refusals suggest; the environment's `max_grant_duration` caps it.
+pub const SUGGESTED_DURATION: &str = "30m";
+
+/// The `airlock escalate` command a refusal suggests, in backticks: complete, so it runs
+/// as printed (the reason, `'...'`, is the person's to write: the server refuses it as
+/// too short until they do). Single quotes, because RFC 6749 error descriptions may not
+/// contain `"`. A test parses every suggested command with the real CLI.
+pub fn escalate_command<S: AsRef<str>>(env: &str, scopes: &[S]) -> String {
+    let scopes: String = scopes
+        .iter()
+        .map(|s| format!(" --scope {}", s.as_ref()))
+        .collect();
+    let command =
+        format!("airlock escalate --env {env}{scopes} --duration {SUGGESTED_DURATION} --reason '...'");
+    format!("`{command}`")
+}
+
 /// Why a client could not authenticate. Every variant answers the caller the same way
 /// (`401 invalid_client`); the distinction is for the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,9 +98,8 @@ impl ScopeRefusal {
             ),
             ScopeRefusal::Unknown(s) => format!("scope '{s}' does not exist in environment '{env}'"),
             ScopeRefusal::Destructive(s) => format!(
-                "scope '{s}' is destructive and requires an approved escalation \
-                 (airlock escalate --env {env} --scope {} --reason ...)",
-                s.split(' ').collect::<Vec<_>>().join(" --scope ")
+                "scope '{s}' is destructive and requires an approved escalation: {}",
+                escalate_command(env, &s.split(' ').collect::<Vec<_>>())
             ),
             ScopeRefusal::NotAllowed(s) => format!("this client is not allowed scope '{s}'"),
             ScopeRefusal::NoneRequested => {
@@ -234,10 +250,9 @@ impl HumanRefusal {
                 format!("your roles do not allow scope '{s}' in environment '{env}'")
             }
             HumanRefusal::NeedsEscalation(scopes) => format!(
-                "environment '{env}' with scope '{}' requires an approved escalation: \
-                 airlock escalate --env {env} --scope {} --reason \"...\"",
+                "environment '{env}' with scope '{}' requires an approved escalation: {}",
                 scopes.join(" "),
-                scopes.join(" --scope ")
+                escalate_command(env, scopes)
             ),
             HumanRefusal::NoneRequested => "ask for at least one --scope".to_string(),
         }

@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod connections;
 mod contract;
 mod edge_hygiene;
 mod escalation_cli;
