@@ -215,6 +215,12 @@ fn approved(v: &EscalationView, auth: &Authenticated) -> Flash {
     }
     let n = e.approvals.len();
     let q = e.quorum as usize;
+    if e.sponsor_user_id == Some(auth.user.id) && e.agent_owner().is_some() {
+        return Flash::notice(format!(
+            "Your approval is recorded ({n} of {q}), but it does not count: you own this agent, so \
+             someone else must approve its request."
+        ));
+    }
     if e.sponsor_user_id == Some(auth.user.id) && n >= q {
         return Flash::notice(format!(
             "Your approval is recorded ({n} of {q}). You launched this agent, so you cannot be its only \
@@ -512,8 +518,15 @@ fn request_html(
     out
 }
 
-/// A person, or an agent and the person who launched it.
+/// A person, or an agent and the person who owns or launched it.
 fn requester_html(e: &Escalation) -> String {
+    if let Some(owner) = e.agent_owner() {
+        return format!(
+            "agent <code>{}</code>, owned by <strong class=\"owner\">{}</strong>",
+            escape(&e.requester),
+            escape(owner)
+        );
+    }
     match (e.requester_kind, &e.sponsor) {
         (RequesterKind::Person, _) => format!("<strong>{}</strong>", escape(&e.requester)),
         (RequesterKind::Agent, Some(sponsor)) => format!(
@@ -604,7 +617,13 @@ fn actions_html(
             "<p class=\"muted\" id=\"approved-{id}\">You have approved this request; it needs another approver.</p>"
         );
     } else {
-        if e.sponsor_user_id == Some(auth.user.id) {
+        if e.sponsor_user_id == Some(auth.user.id) && e.agent_owner().is_some() {
+            let _ = writeln!(
+                out,
+                "<p class=\"muted\" id=\"sponsor-{id}\">You own this agent: your approval is recorded but \
+                 does not count toward its request, so someone else must approve.</p>"
+            );
+        } else if e.sponsor_user_id == Some(auth.user.id) {
             let _ = writeln!(
                 out,
                 "<p class=\"muted\" id=\"sponsor-{id}\">You launched this agent: your approval counts, but someone \
