@@ -684,7 +684,10 @@ async fn pages_send_strict_headers_and_cookies_and_refuse_posts_without_csrf(bac
     let page = r.text().await.unwrap();
     assert_no_inline_script_or_style(&page);
     let login_csrf = hidden(&page, "csrf");
-    assert_eq!(cookie_pair(&csrf_cookie), format!("airlock_csrf={login_csrf}"));
+    // The form token is the server's HMAC of the pre-session id in the cookie, not a copy
+    // of it (a copy would let anyone who can plant the cookie pick the pair).
+    assert_eq!(login_csrf.len(), 64, "hex HMAC-SHA256");
+    assert_ne!(cookie_pair(&csrf_cookie), format!("airlock_csrf={login_csrf}"));
 
     let login = |cookie: Option<String>, csrf: Option<&str>, password: &str, code: &str| {
         let mut form = vec![

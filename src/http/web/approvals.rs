@@ -5,8 +5,9 @@
 //!
 //! Everything goes through [`crate::escalations`], as the JSON API does, so the page can
 //! decide nothing the API would refuse (invariant 4 lives there, not here). The parent
-//! module's rules hold: session cookie, a CSRF token on every POST checked before anything
-//! is decided, strict headers, bounded forms, every value escaped, no script.
+//! module's rules hold: cross-site posts refused, session cookie, a CSRF token on every
+//! POST checked before anything is decided, strict headers, bounded forms, every value
+//! escaped, no script.
 //!
 //! A POST always answers `303 See Other` back to the page (Post/Redirect/Get), so a
 //! reload never decides twice. What happened travels in a one-shot flash cookie whose
@@ -27,8 +28,8 @@ use uuid::Uuid;
 
 use super::{
     CSRF_FIELD, CookiePolicy, Form, Nav, Next, SignInForm, append_cookie, capitalised, cookie_value,
-    document, escape, forbidden_page, read_form, see_other, session_csrf_ok, signed_in_or, tokens_match,
-    unavailable_page,
+    document, escape, forbidden_page, read_form, refuse_cross_site, see_other, session_csrf_ok, signed_in_or,
+    tokens_match, unavailable_page,
 };
 use crate::app::AppState;
 use crate::config::Tier;
@@ -88,6 +89,9 @@ pub(super) async fn decide_escalation(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(refused) = refuse_cross_site(&state, &headers) {
+        return refused;
+    }
     let form = match read_form(&state, &headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
