@@ -1,14 +1,20 @@
-//! Agent management, shared by the CLI (and later the admin API).
+//! Agent management, shared by the CLI and the admin API.
 //!
 //! Invariant 2: an agent's environment is chosen here, once; no function changes it
 //! (and the schema refuses it). Invariant 8: the secret is returned once to the caller
 //! and only its keyed hash is stored.
+//!
+//! Invariant 4: every agent registered once people exist has an owner, an enabled
+//! person fixed at registration. The owner sponsors the agent's escalation requests, so
+//! someone who holds the agent's secret and is also its owner can never be the
+//! approval the agent needs.
 
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::config::{Settings, valid_scope_name};
-use crate::domain::{Agent, NewAuditEvent, Outcome, looks_like_client_id, new_client_id, now};
+use crate::domain::{Agent, NewAuditEvent, Outcome, User, looks_like_client_id, new_client_id, now};
+use crate::people::normalize_username;
 use crate::secrets::{SecretHasher, new_agent_secret};
 use crate::store::{AgentChange, Store, StoreError};
 
@@ -51,7 +57,14 @@ pub struct NewAgent {
     pub scopes: Vec<String>,
     /// Scopes it gets by default; empty means every allowed non-destructive scope.
     pub default_scopes: Vec<String>,
+    /// Username of the person who answers for it. Required once any person exists.
+    pub owner: Option<String>,
 }
+
+/// What to tell a caller who registers an agent without an owner once people exist.
+pub const OWNER_REQUIRED: &str = "name the agent's owner: pass --owner USER (\"owner\" in the API), \
+     an existing person who answers for the agent; the owner's approval never counts toward the \
+     agent's own escalation requests";
 
 /// Register an agent; returns it and its secret, which is never available again.
 pub async fn create(
@@ -121,6 +134,7 @@ pub async fn create(
         }
         new.default_scopes.clone()
     };
+    let owner = owner_of(store, new.owner.as_deref()).await?;
     let secret = new_agent_secret().map_err(|e| AgentError::Invalid(e.to_string()))?;
     let client_id = new_client_id();
     let created = now();
@@ -135,12 +149,15 @@ pub async fn create(
         disabled: false,
         created_at: created,
         updated_at: created,
+        owner_id: owner.as_ref().map(|u| u.id),
+        owner: owner.map(|u| u.username),
     };
     let event = NewAuditEvent::new("agent.created", actor, Outcome::Success)
         .env(agent.environment.clone())
         .subject(agent.client_id.clone())
         .detail("name", agent.name.clone())
-        .detail("scopes", agent.allowed_scopes.clone());
+        .detail("scopes", agent.allowed_scopes.clone())
+        .detail("owner", agent.owner.clone());
     match store.create_agent(&agent, event).await {
         Ok(()) => Ok((agent, secret)),
         Err(StoreError::Conflict) => Err(AgentError::NameTaken {
@@ -149,6 +166,38 @@ pub async fn create(
         }),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The person named as owner: an existing, enabled person. No name is accepted only
+/// while nobody exists yet (the first run, before the first admin).
+async fn owner_of(store: &dyn Store, named: Option<&str>) -> Result<Option<User>, AgentError> {
+    let Some(raw) = named.map(str::trim).filter(|s| !s.is_empty()) else {
+        // SECURITY: once people exist, an agent without an owner would have nobody
+        // whose approval is excluded from its quorum.
+        if store.users().await?.is_empty() {
+            return Ok(None);
+        }
+        return Err(AgentError::Invalid(OWNER_REQUIRED.into()));
+    };
+    let unknown = || {
+        AgentError::Invalid(format!(
+            "there is no person {:?} to own the agent; the owner must be an existing person \
+             (see `airlock user list`)",
+            raw.chars().take(64).collect::<String>()
+        ))
+    };
+    let username = normalize_username(raw).ok_or_else(unknown)?;
+    let user = match store.user_by_username(&username).await {
+        Ok(u) => u,
+        Err(StoreError::NotFound) => return Err(unknown()),
+        Err(e) => return Err(e.into()),
+    };
+    if user.disabled {
+        return Err(AgentError::Invalid(format!(
+            "{username} is disabled; an agent's owner must be an enabled person"
+        )));
+    }
+    Ok(Some(user))
 }
 
 /// Find an agent by client id, or by `ENV/NAME`, or by a name unique across environments.

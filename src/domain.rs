@@ -56,6 +56,14 @@ pub struct Agent {
     /// Last change.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// The person who answers for this agent, fixed at registration. They sponsor its
+    /// escalation requests, so their approval never counts toward them. `None` only for
+    /// agents registered before any person existed (or before owners were recorded).
+    #[serde(default)]
+    pub owner_id: Option<Uuid>,
+    /// The owner's username, as of reading.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Keyed hash of the secret; never serialised.
     #[serde(skip)]
     pub secret_hash: Vec<u8>,
@@ -69,6 +77,7 @@ impl std::fmt::Debug for Agent {
             .field("environment", &self.environment)
             .field("allowed_scopes", &self.allowed_scopes)
             .field("disabled", &self.disabled)
+            .field("owner", &self.owner)
             .finish_non_exhaustive()
     }
 }
@@ -529,7 +538,8 @@ pub struct Escalation {
     pub requester: String,
     /// The requesting person's id, when a person asked.
     pub requester_user_id: Option<Uuid>,
-    /// The person who launched the requesting agent (the `act` chain), if any.
+    /// The person who launched the requesting process (the `act` chain), or the owner of
+    /// the requesting registered agent; their approval never counts toward the quorum.
     pub sponsor: Option<String>,
     /// The sponsor's id.
     pub sponsor_user_id: Option<Uuid>,
@@ -556,6 +566,18 @@ pub struct Escalation {
     pub decision_reason: Option<String>,
     /// Approvals so far, oldest first.
     pub approvals: Vec<Approval>,
+}
+
+impl Escalation {
+    /// The owner of the requesting registered agent, who sponsors its requests (their
+    /// approval never counts). `None` for people, delegated processes and unowned agents.
+    pub fn agent_owner(&self) -> Option<&str> {
+        if self.requester_kind == RequesterKind::Agent && self.holder.starts_with("agent:") {
+            self.sponsor.as_deref()
+        } else {
+            None
+        }
+    }
 }
 
 /// One step in a request's history (also in the audit trail).

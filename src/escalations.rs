@@ -231,6 +231,10 @@ pub struct EscalationView {
     /// Whether the duration asked for was cut to the environment's maximum.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duration_capped: bool,
+    /// The requesting registered agent's owner (also its `sponsor`, so their approval
+    /// never counts toward this request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A grant as the API shows it.
@@ -283,6 +287,7 @@ async fn view(state: &AppState, e: Escalation, capped: bool) -> Result<Escalatio
     Ok(EscalationView {
         destructive_scopes: rules::destructive_of(&state.settings, &e.scopes),
         url: page_url(state, e.id),
+        owner: e.agent_owner().map(str::to_string),
         escalation: e,
         grant,
         history,
@@ -386,15 +391,23 @@ pub async fn create(
                 person_holder(*user_id),
                 None,
             ),
-            Requester::Agent { client_id, .. } => (
-                RequesterKind::Agent,
-                client_id.clone(),
-                None,
-                None,
-                None,
-                agent_holder(client_id),
-                None,
-            ),
+            Requester::Agent { client_id, .. } => {
+                // SECURITY: a registered agent's owner sponsors its requests, so an owner
+                // who also holds the agent's secret is never the approval it needs.
+                let (owner, owner_id) = match registered_owner(principal) {
+                    Some((id, name)) => (Some(name), Some(id)),
+                    None => (None, None),
+                };
+                (
+                    RequesterKind::Agent,
+                    client_id.clone(),
+                    None,
+                    owner,
+                    owner_id,
+                    agent_holder(client_id),
+                    None,
+                )
+            }
             Requester::Delegated {
                 user_id,
                 username,
@@ -518,6 +531,19 @@ pub async fn create(
         );
     }
     view(state, escalation, plan.capped).await
+}
+
+/// The owner (id, username) of a calling registered agent, if it has one.
+fn registered_owner(principal: &Principal) -> Option<(Uuid, String)> {
+    match principal {
+        Principal::Agent(AgentPrincipal {
+            kind: AgentKind::Registered(agent),
+            ..
+        }) => agent
+            .owner_id
+            .map(|id| (id, agent.owner.clone().unwrap_or_else(|| id.to_string()))),
+        _ => None,
+    }
 }
 
 /// The catalogue scopes among `asked`, each once, at most [`crate::policy::MAX_SCOPES_PER_REQUEST`]:

@@ -30,6 +30,10 @@ pub enum AgentCmd {
         /// A scope it gets when it asks for none (default: every allowed non-destructive scope).
         #[arg(long = "default-scope")]
         default_scopes: Vec<String>,
+        /// The person who answers for the agent (required once any person exists). Their
+        /// approval never counts toward the agent's own escalation requests.
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
         /// Print {"client_id", "client_secret", ...} as JSON.
         #[arg(long)]
         json: bool,
@@ -182,6 +186,7 @@ pub(super) async fn run(cli: &Cli, cmd: &AgentCmd) -> anyhow::Result<ExitCode> {
             name,
             scopes,
             default_scopes,
+            owner,
             json,
         } => {
             let new = NewAgent {
@@ -189,6 +194,7 @@ pub(super) async fn run(cli: &Cli, cmd: &AgentCmd) -> anyhow::Result<ExitCode> {
                 environment: env.clone(),
                 scopes: scopes.clone(),
                 default_scopes: default_scopes.clone(),
+                owner: owner.clone(),
             };
             let (agent, secret) = agents::create(store, &state.settings, &state.hasher, new, &actor).await?;
             print_secret(&agent, &secret, *json, "created");
@@ -198,23 +204,8 @@ pub(super) async fn run(cli: &Cli, cmd: &AgentCmd) -> anyhow::Result<ExitCode> {
             let list = store.agents(env.as_deref()).await?;
             if *json {
                 print_json(&list);
-            } else if list.is_empty() {
-                println!("no agents");
             } else {
-                println!(
-                    "{:<36}  {:<10}  {:<20}  {:<8}  SCOPES",
-                    "CLIENT ID", "ENV", "NAME", "STATE"
-                );
-                for a in &list {
-                    println!(
-                        "{:<36}  {:<10}  {:<20}  {:<8}  {}",
-                        a.client_id,
-                        a.environment,
-                        a.name,
-                        if a.disabled { "disabled" } else { "active" },
-                        a.allowed_scopes.join(" ")
-                    );
-                }
+                print_list(&list);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -240,6 +231,33 @@ pub(super) async fn run(cli: &Cli, cmd: &AgentCmd) -> anyhow::Result<ExitCode> {
     result
 }
 
+/// An owner's name for text output; agents registered before owners existed have none.
+fn owner_text(a: &Agent) -> &str {
+    a.owner.as_deref().unwrap_or("-")
+}
+
+fn print_list(list: &[Agent]) {
+    if list.is_empty() {
+        println!("no agents");
+        return;
+    }
+    println!(
+        "{:<36}  {:<10}  {:<20}  {:<8}  {:<16}  SCOPES",
+        "CLIENT ID", "ENV", "NAME", "STATE", "OWNER"
+    );
+    for a in list {
+        println!(
+            "{:<36}  {:<10}  {:<20}  {:<8}  {:<16}  {}",
+            a.client_id,
+            a.environment,
+            a.name,
+            if a.disabled { "disabled" } else { "active" },
+            owner_text(a),
+            a.allowed_scopes.join(" ")
+        );
+    }
+}
+
 fn print_secret(agent: &Agent, secret: &SecretString, json: bool, what: &str) {
     if json {
         print_json(&json!({
@@ -249,6 +267,7 @@ fn print_secret(agent: &Agent, secret: &SecretString, json: bool, what: &str) {
             "environment": agent.environment,
             "scopes": agent.allowed_scopes,
             "default_scopes": agent.default_scopes,
+            "owner": agent.owner,
         }));
     } else {
         println!("{what} agent {} in environment {}", agent.name, agent.environment);
@@ -256,6 +275,7 @@ fn print_secret(agent: &Agent, secret: &SecretString, json: bool, what: &str) {
         println!("client_secret: {}", secret.expose_secret());
         println!("scopes:        {}", agent.allowed_scopes.join(" "));
         println!("default:       {}", agent.default_scopes.join(" "));
+        println!("owner:         {}", owner_text(agent));
         println!();
         println!("The secret is shown only now. Store it in a file with mode 0600 and pass --secret-file.");
     }
@@ -269,6 +289,7 @@ fn show(a: &Agent, json: bool) {
         println!("name:        {}", a.name);
         println!("environment: {}", a.environment);
         println!("state:       {}", if a.disabled { "disabled" } else { "active" });
+        println!("owner:       {}", owner_text(a));
         println!("scopes:      {}", a.allowed_scopes.join(" "));
         println!("default:     {}", a.default_scopes.join(" "));
         println!("created:     {}", a.created_at);
@@ -313,9 +334,13 @@ async fn over_http(cmd: &AgentCmd) -> anyhow::Result<ExitCode> {
             name,
             scopes,
             default_scopes,
+            owner,
             json,
         } => {
-            let body = json!({ "name": name, "environment": env, "scopes": scopes, "default_scopes": default_scopes });
+            let mut body = json!({ "name": name, "environment": env, "scopes": scopes, "default_scopes": default_scopes });
+            if let Some(owner) = owner {
+                body["owner"] = json!(owner);
+            }
             let v = c.call(Method::POST, "/v1/agents", Some(&body)).await?;
             let secret = SecretString::from(v["client_secret"].as_str().unwrap_or_default().to_string());
             print_secret(&agent_of(&v)?, &secret, *json, "created");
@@ -329,16 +354,13 @@ async fn over_http(cmd: &AgentCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&v);
             } else {
-                for a in v.as_array().into_iter().flatten() {
-                    let a = agent_of(a)?;
-                    println!(
-                        "{:<36}  {:<10}  {:<20}  {}",
-                        a.client_id,
-                        a.environment,
-                        a.name,
-                        if a.disabled { "disabled" } else { "active" }
-                    );
-                }
+                let list = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(agent_of)
+                    .collect::<anyhow::Result<Vec<Agent>>>()?;
+                print_list(&list);
             }
         }
         AgentCmd::Show { agent, json } => show(

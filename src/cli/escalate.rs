@@ -466,10 +466,13 @@ fn scopes_marked(view: &Value) -> String {
         .join(", ")
 }
 
-/// `bob`, or `agt_x (agent, for alice)`.
+/// `bob`, `process:x (agent, for alice)`, or `agt_x (agent, owned by alice)`.
 fn requester(view: &Value) -> String {
     let who = text(&view["requester"]);
     match (text(&view["requester_kind"]), view["sponsor"].as_str()) {
+        ("agent", Some(_)) if view["owner"].is_string() => {
+            format!("{who} (agent, owned by {})", text(&view["owner"]))
+        }
         ("agent", Some(sponsor)) => format!("{who} (agent, for {sponsor})"),
         ("agent", None) => format!("{who} (agent)"),
         _ => who.to_string(),

@@ -336,6 +336,9 @@ struct CreateAgent {
     scopes: Vec<String>,
     #[serde(default)]
     default_scopes: Vec<String>,
+    /// Username of the person who answers for the agent (required once people exist).
+    #[serde(default)]
+    owner: Option<String>,
 }
 
 fn agent_with_secret(a: &Agent, secret: &SecretString) -> Response {
@@ -357,6 +360,7 @@ async fn create_agent(
         environment: body.environment,
         scopes: body.scopes,
         default_scopes: body.default_scopes,
+        owner: body.owner,
     };
     let (a, secret) = agents::create(
         state.store.as_ref(),

@@ -6,10 +6,16 @@
 //! - Cookies are `HttpOnly; SameSite=Strict; Path=/; Secure` and `__Host-` prefixed. The
 //!   `Secure` flag (and with it the prefix) is dropped only when `public_url` is plain
 //!   `http://` on a loopback host, where a browser would not send a Secure cookie at all.
+//! - Every POST is refused (403) when the browser says it comes from another site or
+//!   origin (`Sec-Fetch-Site` other than `same-origin`/`none`, or an `Origin` that is not
+//!   `public_url`'s), before the form is even read. A client that sends neither header
+//!   (not a browser) still needs the CSRF token.
 //! - Every POST carries a CSRF token: for signed-in forms an HMAC of the web session id
-//!   under a key derived from the master key; for the sign-in form (no session yet) a
-//!   double-submitted random cookie. Either is compared in constant time, and a missing
-//!   or wrong token is a 403 before anything else happens.
+//!   under a key derived from the master key; for the sign-in form (no session yet) an
+//!   HMAC of a random pre-session id held in a cookie. Without the `__Host-` prefix
+//!   (plain http on loopback) another local port can plant that cookie, but not a
+//!   matching token. Either is compared in constant time, and a missing or wrong token
+//!   is a 403 before anything else happens.
 //! - Every page has a strict Content-Security-Policy (no script, styles only from
 //!   `/static/airlock.css`, images only from it or `data:`), `X-Frame-Options: DENY`,
 //!   `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
@@ -46,7 +52,7 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; f
 /// Name of the hidden CSRF field in every form that posts.
 const CSRF_FIELD: &str = "csrf";
 
-/// Bytes of randomness in the sign-in form's CSRF cookie.
+/// Bytes of randomness in the sign-in form's pre-session id (its CSRF cookie).
 const CSRF_COOKIE_BYTES: usize = 32;
 
 /// How long the sign-in form's CSRF cookie lives.
@@ -158,6 +164,9 @@ const UNKNOWN_CODE: &str = "That code is unknown, has expired or was already use
 
 /// `POST /device`: approve or deny a code.
 async fn decide_device(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(refused) = refuse_cross_site(&state, &headers) {
+        return refused;
+    }
     let form = match read_form(&state, &headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -253,15 +262,20 @@ async fn sign_in(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(refused) = refuse_cross_site(&state, &headers) {
+        return refused;
+    }
     let form = match read_form(&state, &headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    // SECURITY: double-submit check (login CSRF) before the password is even looked at.
+    // SECURITY: login CSRF, checked before the password is even looked at: the token
+    // must be the server's HMAC of the pre-session id in the cookie. A planted cookie
+    // with a token of the planter's choosing fails.
     let policy = CookiePolicy::of(&state);
     let cookie = cookie_value(&headers, policy.csrf_name()).filter(|c| well_formed_csrf_cookie(c));
     let field = form.get(CSRF_FIELD).unwrap_or_default();
-    if !cookie.is_some_and(|c| tokens_match(c, field)) {
+    if !cookie.is_some_and(|c| tokens_match(&login_csrf(&state, c), field)) {
         return forbidden_page(None);
     }
     let next = Next::parse(form.get("next"));
@@ -319,6 +333,9 @@ async fn sign_in(
 
 /// `POST /logout`: end the web session and clear its cookie.
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(refused) = refuse_cross_site(&state, &headers) {
+        return refused;
+    }
     let form = match read_form(&state, &headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -381,6 +398,9 @@ async fn activate_totp(
     body: Body,
 ) -> Response {
     let peer: Option<IpAddr> = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    if let Some(refused) = refuse_cross_site(&state, &headers) {
+        return refused;
+    }
     let form = match read_form(&state, &headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -474,9 +494,9 @@ impl Default for SignInForm {
 
 fn sign_in_page(state: &AppState, headers: &HeaderMap, f: SignInForm) -> Response {
     let policy = CookiePolicy::of(state);
-    // Reuse a well-formed CSRF cookie (several tabs keep working); otherwise make one.
+    // Reuse a well-formed pre-session cookie (several tabs keep working); otherwise make one.
     let existing = cookie_value(headers, policy.csrf_name()).filter(|c| well_formed_csrf_cookie(c));
-    let (token, fresh) = match existing {
+    let (pre_session, fresh) = match existing {
         Some(c) => (c.to_owned(), false),
         None => {
             let mut bytes = [0u8; CSRF_COOKIE_BYTES];
@@ -486,6 +506,7 @@ fn sign_in_page(state: &AppState, headers: &HeaderMap, f: SignInForm) -> Respons
             (URL_SAFE_NO_PAD.encode(bytes), true)
         }
     };
+    let token = login_csrf(state, &pre_session);
     let lead = match f.next {
         Next::Device => "Sign in to approve the sign-in your terminal asked for.",
         Next::Totp => "Sign in to set up your authenticator app.",
@@ -547,7 +568,7 @@ fn sign_in_page(state: &AppState, headers: &HeaderMap, f: SignInForm) -> Respons
     if fresh {
         append_cookie(
             &mut r,
-            &policy.set(policy.csrf_name(), &token, CSRF_COOKIE_MAX_AGE_SECS),
+            &policy.set(policy.csrf_name(), &pre_session, CSRF_COOKIE_MAX_AGE_SECS),
         );
     }
     r
@@ -703,6 +724,18 @@ fn forbidden_page(nav: Option<&Nav>) -> Response {
         Tone::Error,
         "This form has expired or did not come from Airlock, so nothing was done. \
          Go back, reload the page and try again.",
+    )
+}
+
+/// The answer to a form posted from another site or origin.
+fn cross_site_page() -> Response {
+    message_page(
+        StatusCode::FORBIDDEN,
+        "Refused: form from another site",
+        None,
+        Tone::Error,
+        "This form was sent from a page that is not Airlock's own, so nothing was done. \
+         If you meant to do this, open Airlock's page yourself and use the form there.",
     )
 }
 
@@ -899,6 +932,59 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim())
 }
 
+/// The page to answer with when the browser says this POST was sent from another site
+/// or origin; `None` when it may go on to the CSRF token check.
+fn refuse_cross_site(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    if !posted_from_elsewhere(&state.settings.public_url, headers) {
+        return None;
+    }
+    // No header values in the log: they are the sender's to choose.
+    tracing::info!("refused a form posted from another site or origin");
+    Some(cross_site_page())
+}
+
+/// SECURITY: whether the browser says a POST comes from a page that is not ours.
+/// Browsers set `Sec-Fetch-Site` and `Origin` themselves; a page cannot forge them.
+/// - `Sec-Fetch-Site`: only `same-origin` (our own page) or `none` (the person's own
+///   action, such as a bookmark) pass. `same-site` is refused too: another port on the
+///   same loopback host is same-site, and that is exactly who could plant cookies.
+/// - `Origin`: must be `public_url`'s origin. Our pages send `Referrer-Policy:
+///   no-referrer`, under which browsers send `Origin: null` on their own form posts
+///   (Fetch standard, "append a request `Origin` header"), so `null` passes only when
+///   `Sec-Fetch-Site` vouches for the request.
+/// - Neither header (not a browser): not refused here; the CSRF token still decides.
+fn posted_from_elsewhere(public_url: &str, headers: &HeaderMap) -> bool {
+    let fetch_site = match headers.get("sec-fetch-site") {
+        None => None,
+        Some(v) => match v.to_str().map(str::to_ascii_lowercase).as_deref() {
+            Ok("same-origin") => Some(true),
+            Ok("none") => Some(true),
+            _ => return true,
+        },
+    };
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return true;
+    };
+    if origin.trim() == "null" {
+        return fetch_site.is_none();
+    }
+    let own = url::Url::parse(public_url).map(|u| u.origin());
+    let sent = url::Url::parse(origin.trim()).map(|u| u.origin());
+    match (own, sent) {
+        (Ok(own), Ok(sent)) => !own.is_tuple() || own != sent,
+        _ => true,
+    }
+}
+
+/// The sign-in form's CSRF token: HMAC-SHA256 of the pre-session id (the cookie) under
+/// a key derived from the master key, so only this server can mint a matching pair.
+fn login_csrf(state: &AppState, pre_session: &str) -> String {
+    hex::encode(state.hasher.hash("login-csrf", pre_session))
+}
+
 /// A CSRF cookie we could have set: 32 random bytes, URL-safe base64.
 fn well_formed_csrf_cookie(value: &str) -> bool {
     value.len() == 43
@@ -1079,6 +1165,41 @@ mod tests {
         assert!(!tokens_match("abc", "abd"));
         assert!(!tokens_match("abc", "ab"));
         assert!(!tokens_match("", ""));
+    }
+
+    #[test]
+    fn posts_from_another_site_or_origin_are_recognised() {
+        let own = "http://127.0.0.1:8080";
+        let posted = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            posted_from_elsewhere(own, &h)
+        };
+        // Not a browser, or our own page.
+        assert!(!posted(&[]));
+        assert!(!posted(&[("sec-fetch-site", "same-origin")]));
+        assert!(!posted(&[("sec-fetch-site", "none")]));
+        assert!(!posted(&[("origin", "http://127.0.0.1:8080")]));
+        assert!(!posted(&[("sec-fetch-site", "same-origin"), ("origin", "null")]));
+        // Another site, another port of the same host, or an origin we cannot vouch for.
+        assert!(posted(&[("sec-fetch-site", "cross-site")]));
+        assert!(posted(&[("sec-fetch-site", "same-site")]));
+        assert!(posted(&[("sec-fetch-site", "something-new")]));
+        assert!(posted(&[("origin", "http://127.0.0.1:9999")]));
+        assert!(posted(&[("origin", "https://127.0.0.1:8080")]));
+        assert!(posted(&[("origin", "http://localhost.evil.example")]));
+        assert!(posted(&[("origin", "null")]));
+        assert!(posted(&[("origin", "not a url")]));
+        assert!(posted(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "http://evil.example")
+        ]));
+        // A public_url with a path still has the scheme, host and port as its origin.
+        let mut h = HeaderMap::new();
+        h.insert("origin", HeaderValue::from_static("https://airlock.example.com"));
+        assert!(!posted_from_elsewhere("https://airlock.example.com/airlock", &h));
     }
 
     #[test]

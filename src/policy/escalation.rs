@@ -312,9 +312,10 @@ pub fn check_approver(
 }
 
 /// Whether the approvals by `approvers` complete a quorum of `quorum` distinct people.
-/// The request's `sponsor` (the person behind a requesting process) may approve, and the
-/// approval is recorded, but it never counts: the grant is theirs, so counting it would
-/// make them one of their own approvers, and it can never be the only one.
+/// The request's `sponsor` (the person behind a requesting process, or the owner of a
+/// requesting registered agent) may approve, and the approval is recorded, but it never
+/// counts: the grant is theirs or their agent's, so counting it would make them one of
+/// their own approvers, and it can never be the only one.
 pub fn quorum_reached(quorum: u32, approvers: &[Uuid], sponsor: Option<Uuid>) -> bool {
     let mut counted: Vec<Uuid> = approvers
         .iter()

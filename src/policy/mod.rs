@@ -405,6 +405,8 @@ mod tests {
             disabled: false,
             created_at: crate::domain::now(),
             updated_at: crate::domain::now(),
+            owner_id: None,
+            owner: None,
             secret_hash: vec![],
         }
     }

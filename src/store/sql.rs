@@ -33,6 +33,8 @@ pub(super) struct AgentRow {
     secret_hash: Vec<u8>,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
+    owner_user_id: Option<Uuid>,
+    owner: Option<String>,
 }
 
 impl TryFrom<AgentRow> for Agent {
@@ -53,6 +55,8 @@ impl TryFrom<AgentRow> for Agent {
             secret_hash: r.secret_hash,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            owner_id: r.owner_user_id,
+            owner: r.owner,
         })
     }
 }
@@ -126,7 +130,10 @@ impl TryFrom<AuditRow> for AuditRecord {
     }
 }
 
-pub(super) const AGENT_COLUMNS: &str = "id, client_id, name, environment, allowed_scopes, default_scopes, disabled, secret_hash, created_at, updated_at";
+/// The owner's username is read with the agent (a renamed owner shows under the new name).
+pub(super) const AGENT_COLUMNS: &str = "id, client_id, name, environment, allowed_scopes, default_scopes, disabled, secret_hash, \
+     created_at, updated_at, owner_user_id, \
+     (select users.username from users where users.id = agents.owner_user_id) as owner";
 pub(super) const AUDIT_COLUMNS: &str =
     "seq, id, time, kind, actor, environment, subject, outcome, details, prev_hash, hash";
 
@@ -357,8 +364,8 @@ macro_rules! impl_sql_store {
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
                 sqlx::query(
                     "insert into agents (id, client_id, name, environment, allowed_scopes, default_scopes, \
-                     disabled, secret_hash, created_at, updated_at) \
-                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     disabled, secret_hash, created_at, updated_at, owner_user_id) \
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                     .bind(agent.id)
                     .bind(&agent.client_id)
@@ -370,6 +377,7 @@ macro_rules! impl_sql_store {
                     .bind(&agent.secret_hash)
                     .bind(agent.created_at)
                     .bind(agent.updated_at)
+                    .bind(agent.owner_id)
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;

@@ -660,7 +660,7 @@ async fn enrolling_totp_on_the_web_page_turns_it_on(backend: Backend) {
 // --- HTTP-level checks (no browser needed) --------------------------------------------
 
 /// The value of the cookie `name` set by a response, with its attributes.
-fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(SET_COOKIE)
         .iter()
@@ -669,12 +669,12 @@ fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn cookie_pair(set_cookie: &str) -> String {
+pub(crate) fn cookie_pair(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap_or_default().to_string()
 }
 
 /// The value of a hidden field `name` in a page.
-fn hidden(page: &str, name: &str) -> String {
+pub(crate) fn hidden(page: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = page
         .find(&marker)
@@ -726,7 +726,10 @@ async fn pages_send_strict_headers_and_cookies_and_refuse_posts_without_csrf(bac
     let page = r.text().await.unwrap();
     assert_no_inline_script_or_style(&page);
     let login_csrf = hidden(&page, "csrf");
-    assert_eq!(cookie_pair(&csrf_cookie), format!("airlock_csrf={login_csrf}"));
+    // The form token is the server's HMAC of the pre-session id in the cookie, not a copy
+    // of it (a copy would let anyone who can plant the cookie pick the pair).
+    assert_eq!(login_csrf.len(), 64, "hex HMAC-SHA256");
+    assert_ne!(cookie_pair(&csrf_cookie), format!("airlock_csrf={login_csrf}"));
 
     let login = |cookie: Option<String>, csrf: Option<&str>, password: &str, code: &str| {
         let mut form = vec![

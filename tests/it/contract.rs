@@ -37,6 +37,8 @@ fn agent(env: &str, name: &str) -> Agent {
         secret_hash: vec![0x00, 0xff, 0x7f, 0x80, 0x00, 0x01, 0xfe],
         created_at: updated - Duration::from_secs(3600),
         updated_at: updated,
+        owner_id: None,
+        owner: None,
     }
 }
 

@@ -1905,6 +1905,7 @@ async fn an_agents_next_default_token_carries_its_granted_scope(backend: Backend
         environment: "staging".into(),
         scopes: vec!["db:read".into()],
         default_scopes: vec!["db:read".into()],
+        owner: app.default_agent_owner().await,
     };
     let (agent, secret) =
         airlock::agents::create(app.store(), &app.state.settings, &app.state.hasher, new, "test")

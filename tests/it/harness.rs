@@ -186,6 +186,9 @@ fn init_test_logs() {
     }
 }
 
+/// The person the harness names as owner of the agents it registers once people exist.
+pub const AGENT_OWNER: &str = "agent-owner";
+
 /// A registered agent's credentials.
 pub struct TestAgent {
     pub client_id: String,
@@ -201,13 +204,29 @@ impl TestApp {
         self.state.store.as_ref()
     }
 
-    /// Register an agent through the library (as the CLI does).
+    /// Register an agent through the library (as the CLI does). Once people exist, its
+    /// owner is [`AGENT_OWNER`], a person with no roles who never approves anything, so
+    /// tests about who approves are not changed by who owns the agent.
     pub async fn create_agent(&self, env: &str, name: &str, scopes: &[&str]) -> TestAgent {
+        let owner = self.default_agent_owner().await;
+        self.create_agent_owned_by(env, name, scopes, owner.as_deref())
+            .await
+    }
+
+    /// [`TestApp::create_agent`] with the owner named (`None`: no owner, as on a first run).
+    pub async fn create_agent_owned_by(
+        &self,
+        env: &str,
+        name: &str,
+        scopes: &[&str],
+        owner: Option<&str>,
+    ) -> TestAgent {
         let new = NewAgent {
             name: name.into(),
             environment: env.into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             default_scopes: vec![],
+            owner: owner.map(str::to_string),
         };
         let (agent, secret) = agents::create(
             self.store(),
@@ -222,6 +241,32 @@ impl TestApp {
             client_id: agent.client_id,
             secret,
         }
+    }
+
+    /// The owner the harness gives agents: `None` while nobody exists (an owner is then
+    /// optional), otherwise [`AGENT_OWNER`], created on first use.
+    pub async fn default_agent_owner(&self) -> Option<String> {
+        if self.store().users().await.expect("users").is_empty() {
+            return None;
+        }
+        if airlock::people::find_user(&self.state, AGENT_OWNER)
+            .await
+            .is_err()
+        {
+            // Two tasks may race to create it; either way it exists afterwards.
+            let _ = airlock::people::create_user(
+                &self.state,
+                "test",
+                AGENT_OWNER,
+                &SecretString::from("the agent owner's long password"),
+                vec![],
+            )
+            .await;
+            airlock::people::find_user(&self.state, AGENT_OWNER)
+                .await
+                .expect("the agent owner exists");
+        }
+        Some(AGENT_OWNER.to_string())
     }
 
     /// POST a client-credentials request with Basic authentication.

@@ -17,6 +17,7 @@ mod hardening;
 mod harness;
 mod introspection;
 mod invariant2;
+mod owners_and_csrf;
 mod people;
 mod people_cli;
 mod person_hardening;

@@ -85,7 +85,7 @@ async fn session(app: &TestApp, username: &str, code: Option<&str>) -> Value {
 }
 
 /// An admin with TOTP enrolled, signed in; the session access token.
-async fn admin_session(app: &TestApp) -> String {
+pub(crate) async fn admin_session(app: &TestApp) -> String {
     let root = person(app, "root", &["admin"]).await;
     let (secret, step) = enrol_totp(app, &root).await;
     // The activation used this step; the next two are still accepted (±1 around now).
@@ -1243,7 +1243,7 @@ async fn admins_register_agents_that_then_fetch_tokens(backend: Backend) {
         &app,
         "/v1/agents",
         &admin,
-        json!({ "name": "ci-bot", "environment": "staging", "scopes": ["db:read"] }),
+        json!({ "name": "ci-bot", "environment": "staging", "scopes": ["db:read"], "owner": "root" }),
     )
     .await;
 

@@ -12,22 +12,22 @@ use tokio::io::AsyncWriteExt;
 
 use crate::harness::{Backend, TestApp, spawn_app};
 
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 /// A private HOME / XDG_CONFIG_HOME for one person's CLI.
-struct Terminal {
+pub(crate) struct Terminal {
     dir: tempfile::TempDir,
     server: String,
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Terminal {
-    fn new(app: &TestApp) -> Terminal {
+    pub(crate) fn new(app: &TestApp) -> Terminal {
         Terminal {
             dir: tempfile::tempdir().unwrap(),
             server: app.base.clone(),
@@ -38,7 +38,7 @@ impl Terminal {
         self.dir.path().join("config/airlock/session.json")
     }
 
-    fn cmd(&self, args: &[&str]) -> tokio::process::Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(TestApp::bin());
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -54,7 +54,7 @@ impl Terminal {
         c
     }
 
-    async fn run_cmd(mut c: tokio::process::Command, stdin: &str) -> Out {
+    pub(crate) async fn run_cmd(mut c: tokio::process::Command, stdin: &str) -> Out {
         let mut child = c.spawn().unwrap();
         let mut input = child.stdin.take().unwrap();
         input.write_all(stdin.as_bytes()).await.unwrap();
@@ -70,7 +70,7 @@ impl Terminal {
         }
     }
 
-    async fn run(&self, args: &[&str], stdin: &str) -> Out {
+    pub(crate) async fn run(&self, args: &[&str], stdin: &str) -> Out {
         Self::run_cmd(self.cmd(args), stdin).await
     }
 
@@ -83,7 +83,7 @@ impl Terminal {
     }
 }
 
-async fn person(app: &TestApp, name: &str, roles: &[&str]) -> airlock::domain::User {
+pub(crate) async fn person(app: &TestApp, name: &str, roles: &[&str]) -> airlock::domain::User {
     people::create_user(
         &app.state,
         "test",
@@ -96,7 +96,7 @@ async fn person(app: &TestApp, name: &str, roles: &[&str]) -> airlock::domain::U
 }
 
 /// Enrol TOTP for `user`; returns the secret.
-async fn enrol(app: &TestApp, user: &airlock::domain::User) -> Vec<u8> {
+pub(crate) async fn enrol(app: &TestApp, user: &airlock::domain::User) -> Vec<u8> {
     app.enrol_totp(&user.username, PASSWORD).await.0
 }
 

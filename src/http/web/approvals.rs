@@ -5,8 +5,9 @@
 //!
 //! Everything goes through [`crate::escalations`], as the JSON API does, so the page can
 //! decide nothing the API would refuse (invariant 4 lives there, not here). The parent
-//! module's rules hold: session cookie, a CSRF token on every POST checked before anything
-//! is decided, strict headers, bounded forms, every value escaped, no script.
+//! module's rules hold: cross-site posts refused, session cookie, a CSRF token on every
+//! POST checked before anything is decided, strict headers, bounded forms, every value
+//! escaped, no script.
 //!
 //! A POST always answers `303 See Other` back to the page (Post/Redirect/Get), so a
 //! reload never decides twice. What happened travels in a one-shot flash cookie whose
@@ -27,8 +28,8 @@ use uuid::Uuid;
 
 use super::{
     CSRF_FIELD, CookiePolicy, Form, Nav, Next, SignInForm, append_cookie, capitalised, cookie_value,
-    document, escape, forbidden_page, read_form, see_other, session_csrf_ok, signed_in_or, tokens_match,
-    unavailable_page,
+    document, escape, forbidden_page, read_form, refuse_cross_site, see_other, session_csrf_ok, signed_in_or,
+    tokens_match, unavailable_page,
 };
 use crate::app::AppState;
 use crate::config::Tier;
@@ -88,6 +89,9 @@ pub(super) async fn decide_escalation(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(refused) = refuse_cross_site(&state, &headers) {
+        return refused;
+    }
     let form = match read_form(&state, &headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -215,6 +219,12 @@ fn approved(v: &EscalationView, auth: &Authenticated) -> Flash {
     }
     let n = e.approvals.len();
     let q = e.quorum as usize;
+    if e.sponsor_user_id == Some(auth.user.id) && e.agent_owner().is_some() {
+        return Flash::notice(format!(
+            "Your approval is recorded ({n} of {q}), but it does not count: you own this agent, so \
+             someone else must approve its request."
+        ));
+    }
     if e.sponsor_user_id == Some(auth.user.id) && n >= q {
         return Flash::notice(format!(
             "Your approval is recorded ({n} of {q}). You launched this agent, so you cannot be its only \
@@ -513,8 +523,15 @@ fn request_html(
     out
 }
 
-/// A person, or an agent and the person who launched it.
+/// A person, or an agent and the person who owns or launched it.
 fn requester_html(e: &Escalation) -> String {
+    if let Some(owner) = e.agent_owner() {
+        return format!(
+            "agent <code>{}</code>, owned by <strong class=\"owner\">{}</strong>",
+            escape(&e.requester),
+            escape(owner)
+        );
+    }
     match (e.requester_kind, &e.sponsor) {
         (RequesterKind::Person, _) => format!("<strong>{}</strong>", escape(&e.requester)),
         (RequesterKind::Agent, Some(sponsor)) => format!(
@@ -605,7 +622,13 @@ fn actions_html(
             "<p class=\"muted\" id=\"approved-{id}\">You have approved this request; it needs another approver.</p>"
         );
     } else {
-        if e.sponsor_user_id == Some(auth.user.id) {
+        if e.sponsor_user_id == Some(auth.user.id) && e.agent_owner().is_some() {
+            let _ = writeln!(
+                out,
+                "<p class=\"muted\" id=\"sponsor-{id}\">You own this agent: your approval is recorded but \
+                 does not count toward its request, so someone else must approve.</p>"
+            );
+        } else if e.sponsor_user_id == Some(auth.user.id) {
             let _ = writeln!(
                 out,
                 "<p class=\"muted\" id=\"sponsor-{id}\">You launched this agent: your approval counts, but someone \
