@@ -19,7 +19,8 @@
 //!
 //! The cast of each case: developers bob and alice; dave (developer and approver);
 //! approvers carol and erin; frank (admin); mallory (approver role, no TOTP, so not an
-//! eligible approver); an agent registered in each of dev, staging and prod; and two
+//! eligible approver); an agent registered in each of dev, staging and prod (owned by
+//! dave, carol and erin, whose approvals of their own agent never count); and two
 //! delegated processes (bob's in staging, dave's in dev). TOTP codes are single-use and
 //! only the current step ±1 is accepted, so a person has two fresh codes per case (plus
 //! one per 30 s that passes): the test tracks what each person has left (from the
@@ -194,6 +195,15 @@ impl A {
         match self {
             A::Staging => &["db:read", "db:write", "db:drop"],
             A::Dev | A::Prod => &["db:read", "db:write"],
+        }
+    }
+    /// The person who owns it, and so sponsors its requests: approvers, whose own
+    /// approval of their agent's request must never count (issue 8, must-fix 10).
+    fn owner(self) -> P {
+        match self {
+            A::Dev => P::Dave,
+            A::Staging => P::Carol,
+            A::Prod => P::Erin,
         }
     }
     fn for_env(env: Env) -> A {
@@ -468,7 +478,7 @@ struct ReqModel {
     scopes: Vec<String>,
     /// The person who asked (person requests only).
     requester: Option<P>,
-    /// The person behind a delegated process.
+    /// The person behind a delegated process, or the owner of a registered agent.
     sponsor: Option<P>,
     /// Registered agent that asked.
     agent: Option<A>,
@@ -586,7 +596,9 @@ impl World {
         }
         let mut agents = Vec::new();
         for a in AGENTS {
-            let agent = app.create_agent(a.env().name(), "worker", a.scopes()).await;
+            let agent = app
+                .create_agent_owned_by(a.env().name(), "worker", a.scopes(), Some(a.owner().name()))
+                .await;
             agents.push((a, agent));
         }
         let mut w = World {
@@ -1287,6 +1299,7 @@ impl World {
         ensure!(body["holder"] == self.holder_of(by).as_str(), "holder: {body}");
         let sponsor = match by {
             Caller::Process(pr) => Some(pr.owner()),
+            Caller::Agent(a) => Some(a.owner()),
             _ => None,
         };
         ensure!(
@@ -2028,8 +2041,9 @@ impl Stats {
 
 /// One fixed sequence, run first under the same checks, that reaches every kind of
 /// grant whatever the random ones do: a person's prod grant with a quorum of two (used
-/// after a step-up, then revoked), an agent's destructive grant, and a delegated
-/// process's grant that its sponsor alone cannot complete.
+/// after a step-up, then revoked), an agent's destructive grant that its owner alone
+/// cannot complete, and a delegated process's grant that its sponsor alone cannot
+/// complete.
 fn golden_case() -> Case {
     use Action::*;
     let first = Pick { smart: true, n: 0 };
@@ -2091,6 +2105,12 @@ fn golden_case() -> Case {
                 env: Env::Staging,
                 scopes: vec![Scope::DbDrop],
                 duration: Dur::HalfHour,
+            },
+            // carol owns the agent: her approval is recorded but completes nothing.
+            Approve {
+                by: Caller::Person(P::Carol),
+                pick: first,
+                replay: false,
             },
             Approve {
                 by: Caller::Person(P::Erin),
