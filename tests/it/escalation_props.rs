@@ -2042,8 +2042,8 @@ impl Stats {
 /// One fixed sequence, run first under the same checks, that reaches every kind of
 /// grant whatever the random ones do: a person's prod grant with a quorum of two (used
 /// after a step-up, then revoked), an agent's destructive grant that its owner alone
-/// cannot complete, and a delegated process's grant that its sponsor alone cannot
-/// complete.
+/// cannot complete, and a delegated process's destructive grant used after its person
+/// stepped up.
 fn golden_case() -> Case {
     use Action::*;
     let first = Pick { smart: true, n: 0 };
@@ -2144,11 +2144,6 @@ fn golden_case() -> Case {
                 duration: Dur::OneMinute,
             },
             Approve {
-                by: Caller::Person(P::Dave),
-                pick: first,
-                replay: false,
-            },
-            Approve {
                 by: Caller::Person(P::Erin),
                 pick: first,
                 replay: true,
@@ -2156,6 +2151,15 @@ fn golden_case() -> Case {
             Approve {
                 by: Caller::Person(P::Erin),
                 pick: first,
+                replay: false,
+            },
+            // A destructive grant binds to the session that steps up after it started;
+            // dave spends his second code here (the sponsor-only approval that cannot
+            // complete a request is exercised by the random sequences and by
+            // escalations::a_sponsor_is_never_the_only_approver).
+            StepUp {
+                who: P::Dave,
+                pick: oldest,
                 replay: false,
             },
             Exchange {
