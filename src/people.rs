@@ -107,6 +107,10 @@ pub struct ThrottleKey {
     pub key: String,
     /// Attempts allowed before the first delay.
     pub free: u32,
+    /// A wide key (an address, an account from everywhere) only gets a successful
+    /// attempt back; the one narrow key (this account from this address, this session)
+    /// starts again after a success.
+    pub wide: bool,
 }
 
 /// The address as the throttle sees it: IPv6 grouped by /64 (one host usually holds a
@@ -128,31 +132,35 @@ fn address_key(ip: IpAddr) -> String {
     format!("ip:{}", address_group(ip))
 }
 
-/// Sign-in throttle keys. SECURITY: a stranger's failures must not lock the real person
-/// out, so the tight per-account limit is per (account, address); a much higher
-/// account-wide ceiling still stops guessing spread over many addresses; and the address
-/// is limited on its own. The account appears only as a keyed hash, so a password typed
-/// as the username is never stored in clear.
+/// Sign-in throttle keys, in the order they are counted. SECURITY: a stranger's failures
+/// must not lock the real person out, so the tight per-account limit is per (account,
+/// address); the address is limited on its own; and a much higher account-wide ceiling,
+/// counted last, stops guessing spread over many addresses. Only attempts the address
+/// keys let through reach the ceiling, so hammering from one address cannot use it up.
+/// The account appears only as a keyed hash, so a password typed as the username is
+/// never stored in clear.
 fn sign_in_keys(state: &AppState, username: &str, peer: Option<IpAddr>) -> Vec<ThrottleKey> {
     let auth = &state.settings.auth;
     let account = hex::encode(state.hasher.hash("throttle", username));
     let from = peer.map(address_group).unwrap_or_else(|| "-".into());
-    let mut keys = vec![
-        ThrottleKey {
-            key: format!("user:{account}@{from}"),
-            free: auth.throttle_free_failures,
-        },
-        ThrottleKey {
-            key: format!("user:{account}"),
-            free: auth.throttle_account_ceiling,
-        },
-    ];
+    let mut keys = Vec::with_capacity(3);
     if let Some(ip) = peer {
         keys.push(ThrottleKey {
             key: address_key(ip),
             free: auth.throttle_free_failures,
+            wide: true,
         });
     }
+    keys.push(ThrottleKey {
+        key: format!("user:{account}@{from}"),
+        free: auth.throttle_free_failures,
+        wide: false,
+    });
+    keys.push(ThrottleKey {
+        key: format!("user:{account}"),
+        free: auth.throttle_account_ceiling,
+        wide: true,
+    });
     keys
 }
 
@@ -162,22 +170,23 @@ fn sign_in_keys(state: &AppState, username: &str, peer: Option<IpAddr>) -> Vec<T
 /// file guesses slowly), and the person has an account-wide ceiling across sessions.
 fn code_keys(state: &AppState, auth: &Authenticated, peer: Option<IpAddr>) -> Vec<ThrottleKey> {
     let s = &state.settings.auth;
-    let mut keys = vec![
-        ThrottleKey {
-            key: format!("code:session:{}", auth.session.id),
-            free: s.throttle_free_failures,
-        },
-        ThrottleKey {
-            key: format!("code:user:{}", auth.user.id),
-            free: s.throttle_account_ceiling,
-        },
-    ];
+    let mut keys = vec![ThrottleKey {
+        key: format!("code:session:{}", auth.session.id),
+        free: s.throttle_free_failures,
+        wide: false,
+    }];
     if let Some(ip) = peer {
         keys.push(ThrottleKey {
             key: format!("code:ip:{}", address_group(ip)),
             free: s.throttle_account_ceiling,
+            wide: true,
         });
     }
+    keys.push(ThrottleKey {
+        key: format!("code:user:{}", auth.user.id),
+        free: s.throttle_account_ceiling,
+        wide: true,
+    });
     keys
 }
 
@@ -246,8 +255,9 @@ pub fn throttle_delay(attempts: i64, free: u32, max: Duration) -> Option<Duratio
     Some(Duration::from_secs(secs).min(max))
 }
 
-/// Count this attempt against every key, atomically, before any password is checked.
-/// An attempt within the free allowance goes ahead; past it, the first attempt after a
+/// Count this attempt against the keys in order, atomically, before any password is
+/// checked, stopping at the first key that refuses it. An attempt within the free
+/// allowance goes ahead; past it, the first attempt after a
 /// block has expired goes ahead and blocks the key again, for twice as long; every
 /// other attempt is refused. Concurrent attempts are counted one by one by the store,
 /// so a burst cannot slip past the limit. Returns the seconds to wait when throttled.
@@ -279,11 +289,14 @@ async fn count_attempt(state: &AppState, keys: &[ThrottleKey]) -> Result<(), Sig
         // The store set the block from this attempt's own clock only if it let it through.
         let let_through = throttle_delay(a.attempts, key.free, auth.throttle_max_delay)
             .is_some_and(|d| a.blocked_until_us == at_us + d.as_micros() as i64);
-        if !within_allowance && !let_through {
-            wait_us = wait_us.max(a.blocked_until_us - at_us);
-        }
         if a.blocked_until_us > at_us {
             state.blocks.remember(&key.key, a.blocked_until_us, at_us);
+        }
+        if !within_allowance && !let_through {
+            // Refused here: the keys after this one never see the attempt, so a flood
+            // that an address key already stops cannot use up an account's ceiling.
+            wait_us = a.blocked_until_us - at_us;
+            break;
         }
     }
     if wait_us > 0 {
@@ -295,27 +308,19 @@ async fn count_attempt(state: &AppState, keys: &[ThrottleKey]) -> Result<(), Sig
     }
 }
 
-/// A check passed: the tight first key (this account from this address, or this
-/// session) starts again; every wider key gets this attempt back, so people behind one
-/// NAT, or one person's own successes, do not use up a shared allowance.
+/// A check passed: the narrow key (this account from this address, or this session)
+/// starts again; every wide key gets this attempt back, so people behind one NAT, or
+/// one person's own successes, do not use up a shared allowance.
 async fn release_attempt(state: &AppState, keys: &[ThrottleKey]) -> Result<(), SignInError> {
-    let Some((first, wider)) = keys.split_first() else {
-        return Ok(());
-    };
-    state
-        .store
-        .throttle_release(&first.key)
-        .await
-        .map_err(unavailable)?;
-    state.blocks.forget(&first.key);
-    for key in wider {
+    for key in keys {
         // The cache can only refuse earlier than the store; the store re-decides.
         state.blocks.forget(&key.key);
-        state
-            .store
-            .throttle_undo(&key.key, i64::from(key.free))
-            .await
-            .map_err(unavailable)?;
+        let done = if key.wide {
+            state.store.throttle_undo(&key.key, i64::from(key.free)).await
+        } else {
+            state.store.throttle_release(&key.key).await
+        };
+        done.map_err(unavailable)?;
     }
     Ok(())
 }

@@ -251,6 +251,42 @@ async fn the_account_ceiling_stops_guessing_spread_over_addresses(backend: Backe
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
 }
 
+async fn hammering_from_one_address_cannot_use_up_the_account_ceiling(backend: Backend) {
+    // Arrange: a ceiling of 4 for the account, 2 free failures per address.
+    let Some(app) = spawn_app_with(backend, |s| {
+        s.auth.throttle_free_failures = 2;
+        s.auth.throttle_account_ceiling = 4;
+    })
+    .await
+    else {
+        return;
+    };
+    plain_person(&app, "erin", &["developer"]).await;
+    let stranger = client_from("127.0.0.2");
+
+    // Act: a concurrent burst of far more attempts than the ceiling, all from one
+    // address (a burst reaches the store before any process has cached a block).
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let (client, url) = (stranger.clone(), app.url("/v1/sessions"));
+        burst.spawn(async move {
+            let body = json!({ "username": "erin", "password": format!("guess number {i}") });
+            client.post(url).json(&body).send().await.unwrap().status()
+        });
+    }
+    while let Some(status) = burst.join_next().await {
+        let status = status.unwrap();
+        assert!(
+            status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status}"
+        );
+    }
+
+    // Assert: attempts the address limit refused never reached the account's ceiling.
+    let (status, body) = sign_in_from(&app, &app.client, "erin", PASSWORD, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 async fn failed_sign_ins_never_block_an_approvers_approval(backend: Backend) {
     // Arrange: bob asks; a stranger hammers carol's account from another address and
     // from carol's own.
@@ -400,6 +436,7 @@ both_backends!(
     a_pending_enrolment_is_finished_only_from_its_session_and_expires,
     a_strangers_failed_sign_ins_do_not_lock_the_person_out,
     the_account_ceiling_stops_guessing_spread_over_addresses,
+    hammering_from_one_address_cannot_use_up_the_account_ceiling,
     failed_sign_ins_never_block_an_approvers_approval,
     a_destructive_staging_grant_is_bound_to_one_stepped_up_session,
     a_device_flow_login_needs_a_cli_step_up_before_it_can_approve,
