@@ -24,9 +24,16 @@ fn file() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     // The loader reads a file; a file can hold any bytes.
     std::fs::write(file(), data).unwrap();
-    let sources = Sources { file: Some(file().clone()), env: false };
-    let Ok(settings) = Settings::load(&sources) else { return };
-    settings.validate().expect("loaded settings fail their own validation");
+    let sources = Sources {
+        file: Some(file().clone()),
+        env: false,
+    };
+    let Ok(settings) = Settings::load(&sources) else {
+        return;
+    };
+    settings
+        .validate()
+        .expect("loaded settings fail their own validation");
     let _ = settings.to_redacted_toml();
     let _ = settings.to_redacted_json();
     let _ = settings.configured_master_key();

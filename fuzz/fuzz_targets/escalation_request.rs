@@ -25,9 +25,20 @@ fn settings() -> &'static Settings {
 fn requesters() -> Vec<Requester> {
     let id = uuid::Uuid::nil();
     vec![
-        Requester::Person { user_id: id, username: "bob".into(), roles: vec!["developer".into()] },
-        Requester::Person { user_id: id, username: "eve".into(), roles: vec![] },
-        Requester::Agent { client_id: "agt_fuzz".into(), environment: "dev".into() },
+        Requester::Person {
+            user_id: id,
+            username: "bob".into(),
+            roles: vec!["developer".into()],
+        },
+        Requester::Person {
+            user_id: id,
+            username: "eve".into(),
+            roles: vec![],
+        },
+        Requester::Agent {
+            client_id: "agt_fuzz".into(),
+            environment: "dev".into(),
+        },
         Requester::Delegated {
             user_id: id,
             username: "bob".into(),
@@ -56,9 +67,14 @@ fuzz_target!(|data: &[u8]| {
         else {
             continue;
         };
-        let env = s.environment(&req.environment).expect("an unknown environment passed");
+        let env = s
+            .environment(&req.environment)
+            .expect("an unknown environment passed");
         if let Requester::Agent { environment, .. } | Requester::Delegated { environment, .. } = &who {
-            assert_eq!(environment, &req.environment, "an agent asked outside its environment");
+            assert_eq!(
+                environment, &req.environment,
+                "an agent asked outside its environment"
+            );
         }
         assert!(!rules::has_control_chars(&req.reason));
         let chars = req.reason.trim().chars().count();
@@ -66,7 +82,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(!req.scopes.is_empty());
         for (i, scope) in req.scopes.iter().enumerate() {
             assert!(!req.scopes[..i].contains(scope), "a repeated scope passed");
-            assert!(s.env_offers_scope(env, scope), "a scope the environment lacks passed");
+            assert!(
+                s.env_offers_scope(env, scope),
+                "a scope the environment lacks passed"
+            );
         }
         assert!(plan.duration <= env.approval.max_grant_duration && plan.duration >= rules::MIN_DURATION);
         if plan.auto_approve {

@@ -21,7 +21,17 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use libfuzzer_sys::{arbitrary, fuzz_target};
 
 const ISSUER: &str = "https://airlock.example";
-const NOW: i64 = 1_800_000_000;
+/// The clock at start: jsonwebtoken checks `exp`/`nbf` against the real clock, and
+/// Airlock's own check against the `now` it is given, as in production.
+fn now() -> i64 {
+    static NOW: OnceLock<i64> = OnceLock::new();
+    *NOW.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    })
+}
 
 struct Keys {
     dev_signer: std::sync::Arc<Signer>,
@@ -37,7 +47,10 @@ struct Keys {
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/fuzz.db", dir.path().display());
         let sets = [
@@ -85,7 +98,12 @@ enum Field<'a> {
 }
 
 impl Field<'_> {
-    fn put(&self, claims: &mut serde_json::Map<String, serde_json::Value>, name: &str, right: serde_json::Value) {
+    fn put(
+        &self,
+        claims: &mut serde_json::Map<String, serde_json::Value>,
+        name: &str,
+        right: serde_json::Value,
+    ) {
         let v = match self {
             Field::Right => right,
             Field::Missing => return,
@@ -138,25 +156,29 @@ fn sign_raw(key: &SigningKey, header: &[u8], payload: &[u8]) -> String {
 
 fn check(token: &str, leeway: u64) {
     let k = keys();
+    let now = now();
     let dev_iss = format!("{ISSUER}/envs/dev");
     let prod_iss = format!("{ISSUER}/envs/prod");
-    let dev = token::verify(token, &k.dev, &dev_iss, "airlock:dev", NOW, leeway);
-    let prod = token::verify(token, &k.prod, &prod_iss, "airlock:prod", NOW, leeway);
-    let session = token::verify_session(token, &k.session, ISSUER, NOW);
+    let dev = token::verify(token, &k.dev, &dev_iss, "airlock:dev", now, leeway);
+    let prod = token::verify(token, &k.prod, &prod_iss, "airlock:prod", now, leeway);
+    let session = token::verify_session(token, &k.session, ISSUER, now);
     // SECURITY: invariants 1 and 3: one token, one place.
     let accepted = [dev.is_ok(), prod.is_ok(), session.is_ok()];
-    assert!(accepted.iter().filter(|a| **a).count() <= 1, "accepted in two places: {accepted:?}");
+    assert!(
+        accepted.iter().filter(|a| **a).count() <= 1,
+        "accepted in two places: {accepted:?}"
+    );
     assert!(prod.is_err(), "prod accepted a token no prod key signed");
     if let Ok(c) = dev {
         assert_eq!(c.iss, dev_iss);
         assert_eq!(c.aud, "airlock:dev");
         let leeway = leeway as i64;
-        assert!(c.exp.saturating_add(leeway) > NOW && c.nbf.saturating_sub(leeway) <= NOW);
+        assert!(c.exp.saturating_add(leeway) > now && c.nbf.saturating_sub(leeway) <= now);
     }
     if let Ok(c) = session {
         assert_eq!(c.iss, ISSUER);
         assert_eq!(c.aud, token::SESSION_AUDIENCE);
-        assert!(c.exp > NOW && c.nbf <= NOW);
+        assert!(c.exp > now && c.nbf <= now);
     }
 }
 
@@ -211,8 +233,15 @@ fuzz_target!(|input: (Input<'_>, u8)| {
             for (name, v) in s.extra {
                 c.insert(name.into(), v.into());
             }
-            let signer = if s.as_session { &k.session_signer } else { &k.dev_signer };
-            check(&token::sign(signer, &serde_json::Value::Object(c)).unwrap(), leeway);
+            let signer = if s.as_session {
+                &k.session_signer
+            } else {
+                &k.dev_signer
+            };
+            check(
+                &token::sign(signer, &serde_json::Value::Object(c)).unwrap(),
+                leeway,
+            );
         }
         Input::RawSigned { header, payload } => {
             check(&sign_raw(&k.raw, header, payload), leeway);

@@ -9,6 +9,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // `load` reads the file with `read_to_string`: anything not UTF-8 stops there.
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let _ = session_file::parse(text, Path::new("/home/fuzz/.config/airlock/session.json"));
 });

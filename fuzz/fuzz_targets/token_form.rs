@@ -18,7 +18,9 @@ struct Input<'a> {
 }
 
 fuzz_target!(|input: Input<'_>| {
-    let Ok(params) = parse_params(input.body) else { return };
+    let Ok(params) = parse_params(input.body) else {
+        return;
+    };
     let mut headers = HeaderMap::new();
     let value = match (input.basic, input.authorization) {
         (Some(raw), _) => {
