@@ -831,8 +831,10 @@ pub async fn approve(
     }
 }
 
-/// Check a free-text note (denial or revocation reason).
-fn note(raw: &str, what: &str) -> Result<String, EscalationError> {
+/// Check a free-text note (denial or revocation reason): trimmed, not empty, one line of
+/// plain text, at most [`rules::MAX_NOTE_CHARS`]. `what` names it in the error. Public
+/// so the fuzz targets run this very code.
+pub fn check_note(raw: &str, what: &str) -> Result<String, EscalationError> {
     let t = raw.trim();
     if t.is_empty() {
         return Err(EscalationError::BadRequest(format!("give a {what}")));
@@ -858,7 +860,7 @@ pub async fn deny(
     id: Uuid,
     reason: &str,
 ) -> Result<EscalationView, EscalationError> {
-    let reason = note(reason, "reason for the denial")?;
+    let reason = check_note(reason, "reason for the denial")?;
     let e = decidable(state, auth, id, "deny").await?;
     let event = NewAuditEvent::new(
         "escalation.denied",
@@ -989,7 +991,7 @@ pub async fn revoke_grant(
     id: Uuid,
     reason: &str,
 ) -> Result<GrantView, EscalationError> {
-    let reason = note(reason, "reason for the revocation")?;
+    let reason = check_note(reason, "reason for the revocation")?;
     let g = state.store.grant(id).await.map_err(store_err)?;
     if !may_see_grant(state, principal, &g) {
         return Err(EscalationError::NotFound);

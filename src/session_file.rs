@@ -128,7 +128,13 @@ pub fn load() -> anyhow::Result<SessionFile> {
         }
     }
     let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not an Airlock session file", p.display()))
+    parse(&text, &p)
+}
+
+/// Parse the text of the session file at `p` (named in the error). Public so the fuzz
+/// targets run this very code.
+pub fn parse(text: &str, p: &Path) -> anyhow::Result<SessionFile> {
+    serde_json::from_str(text).with_context(|| format!("{} is not an Airlock session file", p.display()))
 }
 
 /// The directory that holds the session file at `p`.

@@ -79,20 +79,37 @@ struct CreateBody {
     reason: String,
 }
 
+impl CreateBody {
+    /// Bound the fields and read the duration.
+    fn into_request(self) -> Result<NewRequest, ApiError> {
+        if self.environment.len() > 64
+            || self.scopes.iter().any(|s| s.len() > 128)
+            || self.reason.len() > 4096
+        {
+            return Err(ApiError::BadRequest("a field is too long".into()));
+        }
+        Ok(NewRequest {
+            duration: self.duration.get()?,
+            environment: self.environment,
+            scopes: self.scopes,
+            reason: self.reason,
+        })
+    }
+}
+
+/// Parse and bound a `POST /v1/escalations` body exactly as the handler does (after the
+/// content-type check): JSON without unknown fields, bounded lengths, a duration as
+/// `"30m"` or seconds. Public so the fuzz targets run this very code.
+pub fn parse_create_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
+    AppJson::<CreateBody>::from_bytes(bytes)?.into_request()
+}
+
 async fn create(
     State(state): State<AppState>,
     AnyCaller(principal): AnyCaller,
     AppJson(body): AppJson<CreateBody>,
 ) -> Result<Response, ApiError> {
-    if body.environment.len() > 64 || body.scopes.iter().any(|s| s.len() > 128) || body.reason.len() > 4096 {
-        return Err(ApiError::BadRequest("a field is too long".into()));
-    }
-    let req = NewRequest {
-        duration: body.duration.get()?,
-        environment: body.environment,
-        scopes: body.scopes,
-        reason: body.reason,
-    };
+    let req = body.into_request()?;
     let view = esc::create(&state, &principal, req).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }

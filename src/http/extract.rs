@@ -82,25 +82,39 @@ impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for AppJson<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(AppJson(v)),
-            // SECURITY: serde's messages can quote values (a password of the wrong type);
-            // say what kind of problem it is, never what was sent.
-            Err(rejection) => Err(ApiError::BadRequest(
-                match rejection {
-                    axum::extract::rejection::JsonRejection::MissingJsonContentType(_) => {
-                        "send Content-Type: application/json"
-                    }
-                    axum::extract::rejection::JsonRejection::JsonSyntaxError(_) => {
-                        "the body is not valid JSON"
-                    }
-                    axum::extract::rejection::JsonRejection::JsonDataError(_) => {
-                        "the JSON fields do not match this endpoint (see /v1/openapi.json)"
-                    }
-                    _ => "the body could not be read",
-                }
-                .into(),
-            )),
+            Err(rejection) => Err(json_problem(rejection)),
         }
     }
+}
+
+impl<T: serde::de::DeserializeOwned> AppJson<T> {
+    /// Deserialize a body already read, as the extractor does after checking the
+    /// content type (axum's `Json::from_bytes` is what `from_request` calls), with the
+    /// same error answers.
+    pub fn from_bytes(bytes: &[u8]) -> Result<T, ApiError> {
+        axum::Json::<T>::from_bytes(bytes)
+            .map(|axum::Json(v)| v)
+            .map_err(json_problem)
+    }
+}
+
+/// Our answer to a JSON body we cannot use.
+fn json_problem(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    // SECURITY: serde's messages can quote values (a password of the wrong type);
+    // say what kind of problem it is, never what was sent.
+    ApiError::BadRequest(
+        match rejection {
+            axum::extract::rejection::JsonRejection::MissingJsonContentType(_) => {
+                "send Content-Type: application/json"
+            }
+            axum::extract::rejection::JsonRejection::JsonSyntaxError(_) => "the body is not valid JSON",
+            axum::extract::rejection::JsonRejection::JsonDataError(_) => {
+                "the JSON fields do not match this endpoint (see /v1/openapi.json)"
+            }
+            _ => "the body could not be read",
+        }
+        .into(),
+    )
 }
 
 /// `Query<T>` whose rejection is our error shape (never axum's plain-text 400).

@@ -17,6 +17,11 @@ mod session;
 mod tokens;
 mod web;
 
+// The pure parsers of outside input behind the handlers, public so the fuzz targets
+// (fuzz/) exercise the production code rather than a copy.
+pub use escalations::parse_create_body;
+pub use tokens::{TokenParams, client_credentials, parse_params};
+
 use std::time::Duration;
 
 use axum::Router;

@@ -34,18 +34,29 @@ pub fn router() -> Router<AppState> {
 
 /// Parameters we read; others are ignored as RFC 6749 section 3.2 requires.
 #[derive(Default)]
-pub(super) struct TokenParams {
-    pub(super) grant_type: Option<String>,
-    pub(super) scope: Option<String>,
-    pub(super) client_id: Option<String>,
-    pub(super) client_secret: Option<SecretString>,
-    pub(super) subject_token: Option<SecretString>,
-    pub(super) subject_token_type: Option<String>,
-    pub(super) actor_token: Option<String>,
-    pub(super) actor_token_type: Option<String>,
-    pub(super) device_code: Option<SecretString>,
-    pub(super) refresh_token: Option<SecretString>,
-    pub(super) token: Option<SecretString>,
+pub struct TokenParams {
+    /// `grant_type`.
+    pub grant_type: Option<String>,
+    /// `scope`: space-separated.
+    pub scope: Option<String>,
+    /// `client_id` (client_secret_post, or beside Basic).
+    pub client_id: Option<String>,
+    /// `client_secret` (client_secret_post).
+    pub client_secret: Option<SecretString>,
+    /// `subject_token` (RFC 8693).
+    pub subject_token: Option<SecretString>,
+    /// `subject_token_type` (RFC 8693).
+    pub subject_token_type: Option<String>,
+    /// `actor_token` (RFC 8693).
+    pub actor_token: Option<String>,
+    /// `actor_token_type` (RFC 8693).
+    pub actor_token_type: Option<String>,
+    /// `device_code` (RFC 8628).
+    pub device_code: Option<SecretString>,
+    /// `refresh_token`.
+    pub refresh_token: Option<SecretString>,
+    /// `token` (RFC 7662 introspection).
+    pub token: Option<SecretString>,
 }
 
 async fn issue_token(
@@ -206,7 +217,10 @@ async fn token_request(
     oauth::client_credentials(state, peer, env, creds, params.scope.as_deref()).await
 }
 
-pub(super) fn parse_params(body: &[u8]) -> Result<TokenParams, OAuthError> {
+/// Parse a form-encoded token, device-authorization or introspection body: parameters
+/// may not repeat (RFC 6749 section 3.2) and there are at most 32 of them. Public so the
+/// fuzz targets run this very code.
+pub fn parse_params(body: &[u8]) -> Result<TokenParams, OAuthError> {
     let mut p = TokenParams::default();
     let mut seen: Vec<String> = Vec::new();
     for (key, value) in url::form_urlencoded::parse(body) {
@@ -239,8 +253,9 @@ pub(super) fn parse_params(body: &[u8]) -> Result<TokenParams, OAuthError> {
 }
 
 /// Credentials from `Authorization: Basic` (client_secret_basic) or the body
-/// (client_secret_post), never both.
-fn client_credentials(
+/// (client_secret_post), never both. `Ok(None)`: no credentials, or another scheme.
+/// Public so the fuzz targets run this very code.
+pub fn client_credentials(
     headers: &HeaderMap,
     body_id: Option<String>,
     body_secret: Option<SecretString>,

@@ -159,8 +159,10 @@ pub fn verify_session(
 }
 
 fn check_time(exp: i64, nbf: i64, now: i64, leeway: u64) -> Result<(), TokenError> {
-    let leeway = leeway as i64;
-    if exp + leeway <= now || nbf - leeway > now {
+    // Saturating: a signed `exp` near i64::MAX must not overflow (a panic, or with
+    // overflow checks off a wrap that reads as expired).
+    let leeway = i64::try_from(leeway).unwrap_or(i64::MAX);
+    if exp.saturating_add(leeway) <= now || nbf.saturating_sub(leeway) > now {
         return Err(TokenError::Invalid("expired or not yet valid".into()));
     }
     Ok(())
@@ -200,4 +202,53 @@ fn verify_jws<C: serde::de::DeserializeOwned>(
     decode::<C>(token, &key, &v)
         .map(|d| d.claims)
         .map_err(|e| TokenError::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer_and_jwks() -> (Signer, Vec<Jwk>) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let header = serde_json::json!({ "alg": "EdDSA", "kid": "k1", "typ": ACCESS_TYP });
+        let jwk = Jwk {
+            kty: "OKP",
+            crv: "Ed25519",
+            x: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
+            kid: "k1".into(),
+            alg: "EdDSA",
+            use_: "sig",
+        };
+        let signer = Signer {
+            kid: "k1".into(),
+            key,
+            header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
+        };
+        (signer, vec![jwk])
+    }
+
+    /// Found while writing the `jwt_verify` fuzz target's oracle: `exp + leeway`
+    /// overflowed (a panic with overflow checks on, a wrap to "expired" without).
+    #[test]
+    fn time_checks_with_a_leeway_never_overflow() {
+        // Arrange
+        let (signer, jwks) = signer_and_jwks();
+        // jsonwebtoken checks nbf against the clock, so the test does too.
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = serde_json::json!({
+            "iss": "https://a/envs/dev", "sub": "agt_x", "aud": "airlock:dev", "client_id": "agt_x",
+            "scope": "db:read", "env": "dev", "iat": now, "nbf": now, "exp": i64::MAX,
+            "jti": "00000000-0000-0000-0000-000000000000",
+        });
+        let token = sign(&signer, &claims).unwrap();
+
+        // Act
+        let verified = verify(&token, &jwks, "https://a/envs/dev", "airlock:dev", now, 60);
+
+        // Assert
+        assert_eq!(verified.unwrap().exp, i64::MAX);
+        assert!(check_time(i64::MAX, i64::MIN, now, u64::MAX).is_ok());
+        assert!(check_time(now, i64::MIN, now, 0).is_err());
+        assert!(check_time(i64::MIN, i64::MIN, now, u64::MAX).is_err());
+    }
 }
