@@ -28,6 +28,20 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// The longest `max_ttl` any environment may configure.
 pub const MAX_TTL_CEILING: Duration = Duration::from_secs(24 * 3600);
 
+/// Seconds in a day, for the duration ceilings below.
+const DAY: u64 = 24 * 3600;
+
+/// A problem when `value` of `field` is above `ceiling_secs`.
+fn over_ceiling(field: &str, value: Duration, ceiling_secs: u64) -> Option<String> {
+    (value > Duration::from_secs(ceiling_secs)).then(|| {
+        format!(
+            "{field} ({}) is above its ceiling of {}; choose a shorter duration",
+            humantime::format_duration(value),
+            humantime::format_duration(Duration::from_secs(ceiling_secs))
+        )
+    })
+}
+
 /// The most concurrent HTTP connections `limits.max_connections` may allow.
 pub const MAX_CONNECTIONS_CEILING: usize = 65_536;
 
@@ -820,6 +834,12 @@ impl Settings {
                     "{at}.approval.pending_timeout and max_grant_duration must be longer than zero"
                 ));
             }
+            for (field, value) in [
+                ("pending_timeout", approval.pending_timeout),
+                ("max_grant_duration", approval.max_grant_duration),
+            ] {
+                problems.extend(over_ceiling(&format!("{at}.approval.{field}"), value, 30 * DAY));
+            }
         }
         for (name, role) in &self.roles {
             let at = format!("roles.{name}");
@@ -868,6 +888,23 @@ impl Settings {
         }
         if auth.session_access_ttl.is_zero() || auth.session_access_ttl > Duration::from_secs(3600) {
             problems.push("auth.session_access_ttl must be between 1s and 1h".into());
+        }
+        // Every duration has a ceiling, so no date arithmetic on it can overflow whatever
+        // the file says (a bounded input, like every other).
+        for (field, value, ceiling) in [
+            ("auth.session_idle_timeout", auth.session_idle_timeout, 90 * DAY),
+            ("auth.session_lifetime", auth.session_lifetime, 90 * DAY),
+            ("auth.password_queue_timeout", auth.password_queue_timeout, 300),
+            ("auth.throttle_max_delay", auth.throttle_max_delay, 7 * DAY),
+            ("auth.device_code_lifetime", auth.device_code_lifetime, DAY),
+            ("auth.device_poll_interval", auth.device_poll_interval, 3600),
+            ("auth.web_session_lifetime", auth.web_session_lifetime, 7 * DAY),
+            ("auth.step_up_lifetime", auth.step_up_lifetime, DAY),
+            ("database.busy_timeout", self.database.busy_timeout, 600),
+            ("database.acquire_timeout", self.database.acquire_timeout, 600),
+            ("limits.request_timeout", self.limits.request_timeout, 3600),
+        ] {
+            problems.extend(over_ceiling(field, value, ceiling));
         }
         if auth.session_idle_timeout > auth.session_lifetime {
             problems.push("auth.session_idle_timeout must not exceed auth.session_lifetime".into());
@@ -1070,6 +1107,34 @@ mod tests {
         match load_with(extra) {
             Err(ConfigError::Invalid(p)) => p,
             other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_duration_has_a_ceiling_so_date_arithmetic_cannot_overflow() {
+        // Arrange: durations far beyond any sensible value (and beyond what a date can
+        // hold once added to now), in the auth, database, limits and approval tables.
+        let p = problems(
+            "[auth]\nsession_lifetime = \"1000000years\"\nsession_idle_timeout = \"500000years\"\n\
+             step_up_lifetime = \"400days\"\n[database]\nbusy_timeout = \"2h\"\n\
+             [limits]\nrequest_timeout = \"3h\"\n\
+             [environments.staging.approval]\npending_timeout = \"100000years\"\nmax_grant_duration = \"31days\"\n",
+        );
+        // Assert: each one is named, with its ceiling.
+        for field in [
+            "auth.session_lifetime",
+            "auth.session_idle_timeout",
+            "auth.step_up_lifetime",
+            "database.busy_timeout",
+            "limits.request_timeout",
+            "environments.staging.approval.pending_timeout",
+            "environments.staging.approval.max_grant_duration",
+        ] {
+            assert!(
+                p.iter()
+                    .any(|m| m.starts_with(field) && m.contains("above its ceiling")),
+                "{field}: {p:?}"
+            );
         }
     }
 
