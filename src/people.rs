@@ -713,7 +713,7 @@ pub async fn confirm_totp(
 }
 
 /// Step up: confirm a fresh TOTP code for this session (needed for admin changes and
-/// for a first production token under a grant; marks the session as TOTP-verified).
+/// for the first token under a prod-tier or destructive grant; marks the session as TOTP-verified).
 pub async fn step_up(
     state: &AppState,
     peer: Option<IpAddr>,

@@ -50,7 +50,7 @@ pub struct TokenArgs {
     /// Print the whole token response as JSON.
     #[arg(long)]
     json: bool,
-    /// If Airlock asks for a fresh TOTP code (the first production token under a grant),
+    /// If Airlock asks for a fresh TOTP code (the first token under a prod-tier or destructive grant),
     /// read it from standard input instead of the terminal.
     #[arg(long)]
     code_stdin: bool,
@@ -341,7 +341,7 @@ pub(super) async fn token(args: &TokenArgs) -> anyhow::Result<ExitCode> {
     use crate::client::ClientError;
     let mut c = SessionClient::load()?;
     let mut result = c.exchange(&args.env, &args.scopes, None).await;
-    // The first production token under a grant needs a fresh TOTP code (RFC 9470's
+    // The first token under a prod-tier or destructive grant needs a fresh TOTP code (RFC 9470's
     // error): ask once, step up, and try once more.
     if let Err(ClientError::Refused { error, .. }) = &result
         && error == "insufficient_user_authentication"
