@@ -14,37 +14,10 @@ use tokio::net::TcpListener;
 
 use crate::config::{Mode, Settings};
 use crate::domain::KeySet;
-use crate::secrets::{MasterKey, SecretHasher};
-use crate::store::{self, ConnectOptions, Store};
-use crate::token::KeyRing;
-
-/// Everything a request handler or CLI command needs. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// Persistence.
-    pub store: Arc<dyn Store>,
-    /// Loaded signing keys.
-    pub keys: Arc<KeyRing>,
-    /// Effective settings.
-    pub settings: Arc<Settings>,
-    /// Keyed hash for agent secrets.
-    pub hasher: Arc<SecretHasher>,
-    /// Budgets of individually audited refusals (anonymous and authenticated).
-    pub refusals: Arc<crate::refusals::RefusalLimiter>,
-    /// Bounded Argon2id hashing of people's passwords.
-    pub passwords: Arc<crate::password::Passwords>,
-    /// Seals TOTP secrets.
-    pub master: Arc<MasterKey>,
-    /// Sign-in keys the store has blocked, remembered until their block ends.
-    pub blocks: Arc<crate::people::BlockCache>,
-    /// Webhook deliveries.
-    pub notifier: Arc<crate::notify::Notifier>,
-    /// Wakes requests waiting on an escalation in this process when one changes.
-    pub changes: Arc<tokio::sync::Notify>,
-    /// Turns `true` once when the server starts shutting down, so requests waiting on an
-    /// escalation (`?wait=`) answer at once instead of holding the shutdown.
-    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
-}
+use crate::secrets::MasterKey;
+use crate::store::{self, ConnectOptions};
+use crate::keyring::KeyRing;
+pub use crate::state::AppState;
 
 /// Connection options from settings.
 pub fn connect_options(settings: &Settings, migrate: bool) -> ConnectOptions {
@@ -85,7 +58,9 @@ pub fn resolve_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
 }
 
 /// Open the store, check the master key and load every key set.
-pub async fn open_state(settings: Settings, migrate: bool) -> anyhow::Result<AppState> {
+pub async fn open_state(mut settings: Settings, migrate: bool) -> anyhow::Result<AppState> {
+    // Settings a caller changed after loading still name their environments.
+    settings.name_environments();
     let master = resolve_master_key(&settings)?;
     let store = store::connect(&settings.database_url, &connect_options(&settings, migrate)).await?;
     if !migrate {
@@ -110,11 +85,11 @@ pub async fn open_state(settings: Settings, migrate: bool) -> anyhow::Result<App
         .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
     Ok(AppState {
         notifier,
-        changes: crate::escalations::changes(),
+        changes: Arc::new(tokio::sync::Notify::new()),
         stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         refusals: crate::refusals::RefusalLimiter::start(store.clone(), settings.limits.refusals.clone()),
         passwords: Arc::new(passwords),
-        blocks: Arc::new(crate::people::BlockCache::default()),
+        blocks: Arc::new(crate::throttle::BlockCache::default()),
         store,
         keys: Arc::new(keys),
         hasher: Arc::new(master.secret_hasher()),

@@ -9,6 +9,10 @@ use uuid::Uuid;
 /// Prefix of agent client ids.
 pub const CLIENT_ID_PREFIX: &str = "agt_";
 
+/// The CLI's public client id (device flow, refresh, token exchange); the `client_id`
+/// of every token a person holds.
+pub const CLI_CLIENT_ID: &str = "airlock-cli";
+
 /// A new client id: `agt_` and 32 hex digits.
 pub fn new_client_id() -> String {
     format!("{CLIENT_ID_PREFIX}{}", Uuid::new_v4().simple())

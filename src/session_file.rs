@@ -402,7 +402,7 @@ impl SessionClient {
             .post(format!("{}/oauth/token", self.session.server))
             .form(&[
                 ("grant_type", "refresh_token"),
-                ("client_id", crate::people::CLI_CLIENT_ID),
+                ("client_id", crate::domain::CLI_CLIENT_ID),
                 ("refresh_token", self.session.refresh_token.as_str()),
             ])
             .send()
@@ -531,17 +531,17 @@ impl SessionClient {
         };
         let token = self.bearer().await.map_err(|e| unreachable(format!("{e:#}")))?;
         let mut form: Vec<(&str, String)> = vec![
-            ("grant_type", crate::people::TOKEN_EXCHANGE_GRANT.into()),
-            ("client_id", crate::people::CLI_CLIENT_ID.into()),
+            ("grant_type", crate::oauth::TOKEN_EXCHANGE_GRANT.into()),
+            ("client_id", crate::domain::CLI_CLIENT_ID.into()),
             ("subject_token", token),
-            ("subject_token_type", crate::people::ACCESS_TOKEN_TYPE.into()),
+            ("subject_token_type", crate::oauth::ACCESS_TOKEN_TYPE.into()),
         ];
         if !scopes.is_empty() {
             form.push(("scope", scopes.join(" ")));
         }
         if let Some(a) = actor {
             form.push(("actor_token", a.to_string()));
-            form.push(("actor_token_type", crate::people::PROCESS_TOKEN_TYPE.into()));
+            form.push(("actor_token_type", crate::oauth::PROCESS_TOKEN_TYPE.into()));
         }
         let url = format!(
             "{}/envs/{}/token",

@@ -43,7 +43,7 @@ pub(super) async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<ExitCode> {
             }
             ExitCode::SUCCESS
         }
-        AuditCmd::Verify { json } => match (crate::audit::verify_store(store.as_ref()).await, json) {
+        AuditCmd::Verify { json } => match (crate::store::verify_store(store.as_ref()).await, json) {
             (Ok(v), true) => {
                 print_json(&serde_json::json!({
                     "ok": true, "events": v.events, "head_seq": v.head_seq, "head_hash": hex::encode(&v.head_hash)
@@ -59,7 +59,7 @@ pub(super) async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<ExitCode> {
                 );
                 ExitCode::SUCCESS
             }
-            (Err(crate::audit::VerifyError::Store(e)), _) => return Err(e.into()),
+            (Err(crate::store::VerifyError::Store(e)), _) => return Err(e.into()),
             (Err(e), true) => {
                 print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }));
                 ExitCode::FAILURE

@@ -237,7 +237,7 @@ async fn password_login(
 async fn device_login(http: &reqwest::Client, server: &str) -> anyhow::Result<SessionTokens> {
     let r = http
         .post(format!("{server}/oauth/device_authorization"))
-        .form(&[("client_id", crate::people::CLI_CLIENT_ID)])
+        .form(&[("client_id", crate::domain::CLI_CLIENT_ID)])
         .send()
         .await
         .map_err(|e| http_err(server, e))?;
@@ -259,8 +259,8 @@ async fn device_login(http: &reqwest::Client, server: &str) -> anyhow::Result<Se
         let r = http
             .post(format!("{server}/oauth/token"))
             .form(&[
-                ("grant_type", crate::people::DEVICE_CODE_GRANT),
-                ("client_id", crate::people::CLI_CLIENT_ID),
+                ("grant_type", crate::oauth::DEVICE_CODE_GRANT),
+                ("client_id", crate::domain::CLI_CLIENT_ID),
                 ("device_code", device_code.as_str()),
             ])
             .send()

@@ -16,7 +16,8 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extract::{AppJson, Caller};
 use crate::agents::{self, NewAgent};
-use crate::app::AppState;
+use crate::auth;
+use crate::state::AppState;
 use crate::domain::{Agent, User};
 use crate::people;
 
@@ -115,8 +116,8 @@ fn user_json(state: &AppState, u: &User) -> serde_json::Value {
 
 async fn show_me(State(state): State<AppState>, caller: Caller) -> Json<serde_json::Value> {
     let mut me = user_json(&state, &caller.0.user);
-    me["effective_roles"] = json!(people::effective_roles(&state, &caller.0));
-    me["stepped_up"] = json!(people::is_stepped_up(&state, &caller.0));
+    me["effective_roles"] = json!(auth::effective_roles(&state, &caller.0));
+    me["stepped_up"] = json!(auth::is_stepped_up(&state, &caller.0));
     me["session"] = json!({
         "id": caller.0.session.id,
         "totp_verified": caller.0.session.totp_verified,

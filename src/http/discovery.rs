@@ -3,16 +3,15 @@
 //! Each environment publishes only its own keys, so a verifier configured from one
 //! environment's metadata cannot accept another environment's tokens (invariant 1).
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::domain::KeySet;
+use crate::state::AppState;
+use super::extract::EnvPath;
 use crate::oauth::OAuthError;
 
 /// Discovery routes.
@@ -33,47 +32,33 @@ fn cacheable(mut r: Response) -> Response {
     r
 }
 
-async fn env_metadata(
-    State(state): State<AppState>,
-    env: Result<Path<String>, PathRejection>,
-) -> Result<Response, OAuthError> {
-    let Path(env) = env.map_err(|_| OAuthError::UnknownEnvironment("(not valid UTF-8)".into()))?;
+async fn env_metadata(State(state): State<AppState>, env: EnvPath) -> Result<Response, OAuthError> {
     let settings = &state.settings;
-    settings
-        .environment(&env)
-        .ok_or_else(|| OAuthError::UnknownEnvironment(env.clone()))?;
-    let issuer = settings.issuer(&env);
+    let env = env.env();
+    let issuer = env.issuer(&settings.public_url);
     let body = json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/token"),
         "jwks_uri": format!("{issuer}/jwks.json"),
         "introspection_endpoint": format!("{issuer}/introspect"),
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "grant_types_supported": ["client_credentials", crate::people::TOKEN_EXCHANGE_GRANT],
+        "grant_types_supported": ["client_credentials", crate::oauth::TOKEN_EXCHANGE_GRANT],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "response_types_supported": [],
         "scopes_supported": settings
             .scopes
             .keys()
-            .filter(|s| settings.env_offers_scope(&settings.environments[&env], s))
+            .filter(|s| settings.env_offers_scope(env, s))
             .collect::<Vec<_>>(),
         "access_token_signing_alg_values_supported": ["EdDSA"],
     });
     Ok(cacheable(Json(body).into_response()))
 }
 
-async fn env_jwks(
-    State(state): State<AppState>,
-    env: Result<Path<String>, PathRejection>,
-) -> Result<Response, OAuthError> {
-    let Path(env) = env.map_err(|_| OAuthError::UnknownEnvironment("(not valid UTF-8)".into()))?;
-    state
-        .settings
-        .environment(&env)
-        .ok_or_else(|| OAuthError::UnknownEnvironment(env.clone()))?;
+async fn env_jwks(State(state): State<AppState>, env: EnvPath) -> Result<Response, OAuthError> {
     let keys = state
         .keys
-        .jwks(&KeySet::Environment(env.clone()))
+        .jwks(&env.env().key_set())
         .ok_or(OAuthError::Unavailable)?;
     Ok(cacheable(Json(json!({ "keys": keys })).into_response()))
 }

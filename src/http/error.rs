@@ -126,11 +126,11 @@ impl From<crate::agents::AgentError> for ApiError {
     }
 }
 
-impl From<crate::people::SessionError> for ApiError {
-    fn from(e: crate::people::SessionError) -> Self {
+impl From<crate::auth::SessionError> for ApiError {
+    fn from(e: crate::auth::SessionError) -> Self {
         match e {
-            crate::people::SessionError::Invalid => ApiError::Unauthenticated,
-            crate::people::SessionError::Unavailable => {
+            crate::auth::SessionError::Invalid => ApiError::Unauthenticated,
+            crate::auth::SessionError::Unavailable => {
                 ApiError::Unavailable("the store is unavailable; retry shortly")
             }
         }

@@ -7,9 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -18,10 +17,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{AppJson, AppQuery};
-use crate::app::AppState;
+use super::extract::{AnyCaller, AppJson, AppQuery};
+use crate::state::AppState;
 use crate::domain::{NewAuditEvent, Outcome};
-use crate::escalations::{self as esc, NewRequest, Principal};
+use crate::auth::Principal;
+use crate::escalations::{self as esc, NewRequest};
 
 /// Routes.
 pub fn router() -> Router<AppState> {
@@ -33,18 +33,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/escalations/{id}/cancel", post(cancel))
         .route("/v1/grants", get(list_grants))
         .route("/v1/grants/{id}/revoke", post(revoke_grant))
-}
-
-/// A person or an agent, from `Authorization: Bearer`.
-pub struct AnyCaller(pub Principal);
-
-impl FromRequestParts<AppState> for AnyCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = super::extract::bearer(parts)?;
-        Ok(AnyCaller(esc::authenticate(state, token).await?))
-    }
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -161,7 +149,7 @@ async fn person_only(
     principal: Principal,
     id: &str,
     action: &str,
-) -> Result<crate::people::Authenticated, ApiError> {
+) -> Result<crate::auth::Authenticated, ApiError> {
     match principal {
         Principal::Person(auth) => Ok(auth),
         agent @ Principal::Agent(_) => {

@@ -1,13 +1,49 @@
 //! Extractors whose rejections are [`ApiError`]s: the authenticated caller and JSON
 //! bodies.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use crate::app::AppState;
-use crate::people::{self, Authenticated};
+use crate::state::AppState;
+use crate::auth::{self, Authenticated, Principal};
+use crate::config::{EnvironmentSettings, Settings};
+use crate::oauth::OAuthError;
+
+/// The environment named by the path's `{env}`, resolved once here and handed on as
+/// `&EnvironmentSettings` (which knows its own name). An unknown name is a 404 in the
+/// OAuth error shape: the routes with `{env}` are OAuth and discovery endpoints.
+pub struct EnvPath {
+    settings: Arc<Settings>,
+    name: String,
+}
+
+impl EnvPath {
+    /// The environment.
+    pub fn env(&self) -> &EnvironmentSettings {
+        &self.settings.environments[&self.name]
+    }
+}
+
+impl FromRequestParts<AppState> for EnvPath {
+    type Rejection = OAuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Ok(Path(name)) = Path::<String>::from_request_parts(parts, state).await else {
+            return Err(OAuthError::UnknownEnvironment("(not valid UTF-8)".into()));
+        };
+        if !state.settings.environments.contains_key(&name) {
+            return Err(OAuthError::UnknownEnvironment(name));
+        }
+        Ok(EnvPath {
+            settings: state.settings.clone(),
+            name,
+        })
+    }
+}
 
 /// A person authenticated by `Authorization: Bearer <session access token>`.
 /// Every request re-checks the session in the store, so logout, revocation and
@@ -19,11 +55,27 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
-        let auth = people::authenticate_session(state, token).await.map_err(|e| {
+        let auth = auth::authenticate_session(state, token).await.map_err(|e| {
             tracing::debug!(?e, "session authentication failed");
             ApiError::from(e)
         })?;
         Ok(Caller(auth))
+    }
+}
+
+/// A person or an agent, from `Authorization: Bearer` (a session token or an
+/// environment access token): the callers of the escalation endpoints.
+pub struct AnyCaller(pub Principal);
+
+impl FromRequestParts<AppState> for AnyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        let principal = auth::authenticate(state, token)
+            .await
+            .map_err(crate::escalations::EscalationError::from)?;
+        Ok(AnyCaller(principal))
     }
 }
 
@@ -47,7 +99,7 @@ impl Caller {
     /// Refuse unless the caller holds an admin role in effect: TOTP enrolled and this
     /// session signed in (or stepped up) with a code.
     pub fn require_admin(&self, state: &AppState) -> Result<(), ApiError> {
-        let roles = people::effective_roles(state, &self.0);
+        let roles = auth::effective_roles(state, &self.0);
         if state.settings.is_admin(&roles) {
             Ok(())
         } else if state.settings.is_admin(&self.0.user.roles) {
@@ -65,7 +117,7 @@ impl Caller {
     /// (`auth.step_up_lifetime`), so a copied session alone cannot change who may do what.
     pub fn require_admin_change(&self, state: &AppState) -> Result<(), ApiError> {
         self.require_admin(state)?;
-        if people::is_stepped_up(state, &self.0) {
+        if auth::is_stepped_up(state, &self.0) {
             Ok(())
         } else {
             Err(ApiError::StepUpRequired)

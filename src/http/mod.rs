@@ -20,7 +20,6 @@ mod web;
 // The pure parsers of outside input behind the handlers, public so the fuzz targets
 // (fuzz/) exercise the production code rather than a copy.
 pub use escalations::parse_create_body;
-pub use tokens::{TokenParams, client_credentials, parse_params};
 
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use error::{ApiError, oauth_status};
 pub use serve::{ConnectionLimits, serve};
 

@@ -10,14 +10,12 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use secrecy::ExposeSecret;
 use serde_json::json;
 
-use super::tokens::{no_store_json, parse_params, read_form_body};
-use crate::app::AppState;
+use super::tokens::{no_store_json, read_form_body};
+use crate::state::AppState;
 use crate::domain::KeySet;
-use crate::oauth::OAuthError;
-use crate::people::{self, CLI_CLIENT_ID, DEVICE_CODE_GRANT};
+use crate::oauth::{self, DEVICE_CODE_GRANT, Endpoint, OAuthError, parse_params};
 
 /// Routes.
 pub fn router() -> Router<AppState> {
@@ -70,7 +68,7 @@ async fn device_authorization(
     let user_agent = headers
         .get(axum::http::header::USER_AGENT)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    match people::device_authorize(&state, peer_ip(peer), user_agent.as_deref(), &client_id).await {
+    match oauth::device_authorize(&state, peer_ip(peer), user_agent.as_deref(), &client_id).await {
         Ok(d) => no_store_json(d),
         Err(e) => e.into_response(),
     }
@@ -81,27 +79,9 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         Ok(b) => b,
         Err(r) => return r,
     };
-    let params = match parse_params(&bytes) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    if params.client_id.as_deref() != Some(CLI_CLIENT_ID) {
-        return OAuthError::InvalidClient.into_response();
-    }
-    let result = match params.grant_type.as_deref() {
-        Some(DEVICE_CODE_GRANT) => match &params.device_code {
-            Some(code) => people::device_poll(&state, code.expose_secret(), CLI_CLIENT_ID).await,
-            None => Err(OAuthError::InvalidRequest("device_code is required".into())),
-        },
-        Some("refresh_token") => match &params.refresh_token {
-            Some(t) => people::refresh(&state, t.expose_secret()).await,
-            None => Err(OAuthError::InvalidRequest("refresh_token is required".into())),
-        },
-        Some(other) => Err(OAuthError::UnsupportedGrantType(other.chars().take(64).collect())),
-        None => Err(OAuthError::InvalidRequest("grant_type is required".into())),
-    };
-    match result {
-        Ok(tokens) => no_store_json(tokens),
+    let authorization = headers.get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes());
+    match oauth::dispatch(&state, Endpoint::People, None, &bytes, authorization).await {
+        Ok(issued) => no_store_json(issued),
         Err(e) => e.into_response(),
     }
 }

@@ -37,8 +37,10 @@ use secrecy::SecretString;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::app::AppState;
-use crate::people::{self, Authenticated, DeviceError, ManageError, SessionError, SignInError};
+use crate::state::AppState;
+use crate::auth::{self, Authenticated, SessionError};
+use crate::throttle;
+use crate::people::{self, DeviceError, ManageError, SignInError};
 
 mod approvals;
 
@@ -615,7 +617,7 @@ fn confirm_page(nav: &Nav, request: &crate::domain::DeviceCode, browser: Option<
     let same_place = match (request.client_address.as_deref(), browser) {
         (Some(client), Some(browser)) => client
             .parse::<IpAddr>()
-            .is_ok_and(|c| people::address_group(c) == people::address_group(browser)),
+            .is_ok_and(|c| throttle::address_group(c) == throttle::address_group(browser)),
         _ => false,
     };
     let warning = if same_place {
@@ -845,7 +847,7 @@ async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Option<Authe
     let Some(cookie) = cookie_value(headers, policy.session_name()) else {
         return Ok(None);
     };
-    match people::authenticate_web(state, cookie).await {
+    match auth::authenticate_web(state, cookie).await {
         Ok(a) => Ok(Some(a)),
         Err(SessionError::Invalid) => Ok(None),
         Err(SessionError::Unavailable) => Err(unavailable_page(None)),

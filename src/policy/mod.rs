@@ -299,11 +299,10 @@ pub fn effective_roles(settings: &Settings, roles: &[String], totp_enrolled: boo
 pub fn human_scope_plan(
     settings: &Settings,
     env: &EnvironmentSettings,
-    env_name: &str,
     roles: &[String],
     requested: Option<&str>,
 ) -> Result<ScopePlan, HumanRefusal> {
-    let allowed = role_scopes(settings, env_name, roles);
+    let allowed = role_scopes(settings, &env.name, roles);
     let wanted = match requested {
         Some(raw) => parse_scope_param(raw).map_err(|_| HumanRefusal::Malformed)?,
         None => allowed
@@ -322,7 +321,7 @@ pub fn human_scope_plan(
     if let Some(unknown) = wanted.iter().find(|s| !settings.env_offers_scope(env, s)) {
         return Err(HumanRefusal::Unknown(unknown.clone()));
     }
-    let prod = env.tier == crate::config::Tier::Prod;
+    let prod = env.is_prod();
     // SECURITY: invariants 3 and 5: production and destructive scopes always need a grant.
     let needs_grant = wanted
         .iter()
@@ -351,19 +350,18 @@ fn role_scopes(settings: &Settings, env_name: &str, roles: &[String]) -> Vec<Str
 pub fn human_refusal(
     settings: &Settings,
     env: &EnvironmentSettings,
-    env_name: &str,
     roles: &[String],
     needs_grant: &[String],
 ) -> HumanRefusal {
     let gated: Vec<String> = needs_grant
         .iter()
-        .filter(|s| env.tier == crate::config::Tier::Prod || settings.scopes[s.as_str()].destructive)
+        .filter(|s| env.is_prod() || settings.scopes[s.as_str()].destructive)
         .cloned()
         .collect();
     if !gated.is_empty() {
         return HumanRefusal::NeedsEscalation(gated);
     }
-    if role_scopes(settings, env_name, roles).is_empty() {
+    if role_scopes(settings, &env.name, roles).is_empty() {
         return HumanRefusal::NoAccess;
     }
     HumanRefusal::NotInRole(needs_grant.first().cloned().unwrap_or_default())
@@ -373,15 +371,14 @@ pub fn human_refusal(
 pub fn human_scopes(
     settings: &Settings,
     env: &EnvironmentSettings,
-    env_name: &str,
     roles: &[String],
     requested: Option<&str>,
 ) -> Result<Vec<String>, HumanRefusal> {
-    let plan = human_scope_plan(settings, env, env_name, roles, requested)?;
+    let plan = human_scope_plan(settings, env, roles, requested)?;
     if plan.needs_grant.is_empty() {
         Ok(plan.wanted)
     } else {
-        Err(human_refusal(settings, env, env_name, roles, &plan.needs_grant))
+        Err(human_refusal(settings, env, roles, &plan.needs_grant))
     }
 }
 
@@ -498,18 +495,18 @@ mod tests {
         let dev = vec!["developer".to_string()];
         let staging = &s.environments["staging"];
         assert_eq!(
-            human_scopes(&s, staging, "staging", &dev, Some("db:read")),
+            human_scopes(&s, staging, &dev, Some("db:read")),
             Ok(vec!["db:read".into()])
         );
         assert_eq!(
-            human_scopes(&s, staging, "staging", &dev, Some("db:migrate")),
+            human_scopes(&s, staging, &dev, Some("db:migrate")),
             Err(HumanRefusal::NotInRole("db:migrate".into()))
         );
         let prod = &s.environments["prod"];
-        let r = human_scopes(&s, prod, "prod", &dev, Some("db:read")).unwrap_err();
+        let r = human_scopes(&s, prod, &dev, Some("db:read")).unwrap_err();
         assert!(r.is_access_denied() && r.description("prod").contains("airlock escalate"));
         // Even a destructive scope the role does not list answers "needs an escalation".
-        let r = human_scopes(&s, &s.environments["dev"], "dev", &dev, Some("db:drop")).unwrap_err();
+        let r = human_scopes(&s, &s.environments["dev"], &dev, Some("db:drop")).unwrap_err();
         assert_eq!(r, HumanRefusal::NeedsEscalation(vec!["db:drop".into()]));
         assert!(r.is_access_denied());
         let mut s2 = s.clone();
@@ -518,15 +515,15 @@ mod tests {
             .unwrap()
             .tokens
             .insert("dev".into(), vec!["db:read".into(), "db:drop".into()]);
-        let r = human_scopes(&s2, &s2.environments["dev"], "dev", &dev, Some("db:drop")).unwrap_err();
+        let r = human_scopes(&s2, &s2.environments["dev"], &dev, Some("db:drop")).unwrap_err();
         assert_eq!(r, HumanRefusal::NeedsEscalation(vec!["db:drop".into()]));
         // Destructive scopes are not defaults.
         assert_eq!(
-            human_scopes(&s2, &s2.environments["dev"], "dev", &dev, None),
+            human_scopes(&s2, &s2.environments["dev"], &dev, None),
             Ok(vec!["db:read".into()])
         );
         assert_eq!(
-            human_scopes(&s, staging, "staging", &["approver".to_string()], Some("db:read")),
+            human_scopes(&s, staging, &["approver".to_string()], Some("db:read")),
             Err(HumanRefusal::NoAccess)
         );
     }

@@ -15,6 +15,7 @@ pub mod people;
 mod postgres;
 mod sql;
 mod sqlite;
+mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +29,12 @@ use crate::domain::{Agent, AuditRecord, KeySet, KeyStatus, NewAuditEvent, Stored
 pub use escalations::{
     ApproveOutcome, Creation, CreationLimit, EscalationFilter, EscalationStore, GrantFilter,
 };
+pub use escalations::grants::GrantStore;
+pub use people::devices::SignInStore;
 pub use people::{PeopleStore, RefreshOutcome, ThrottleRule, UserChange};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use verify::{Verified, VerifyError, verify_store};
 
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -94,7 +98,7 @@ pub enum AgentChange {
 
 /// The persistence contract. One contract test suite runs it against both backends.
 #[async_trait]
-pub trait Store: PeopleStore + EscalationStore + Send + Sync + 'static {
+pub trait Store: PeopleStore + SignInStore + EscalationStore + GrantStore + Send + Sync + 'static {
     /// Cheap liveness check of the database.
     async fn ping(&self) -> StoreResult<()>;
     /// Database reachable and every embedded migration applied.

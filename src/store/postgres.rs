@@ -9,6 +9,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
 use super::escalations::impl_escalation_store;
+use super::escalations::grants::impl_grant_store;
+use super::people::devices::impl_sign_in_store;
 use super::people::impl_people_store;
 use super::sql::impl_sql_store;
 use super::{AgentCache, AuditBatcher, ConnectOptions};
@@ -74,4 +76,6 @@ impl PgStore {
 
 impl_sql_store!(PgStore, Postgres);
 impl_escalation_store!(PgStore, Postgres);
+impl_grant_store!(PgStore, Postgres);
 impl_people_store!(PgStore, Postgres);
+impl_sign_in_store!(PgStore, Postgres);

@@ -9,6 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Pool, Sqlite};
 
 use super::escalations::impl_escalation_store;
+use super::escalations::grants::impl_grant_store;
+use super::people::devices::impl_sign_in_store;
 use super::people::impl_people_store;
 use super::sql::impl_sql_store;
 use super::{AgentCache, AuditBatcher, ConnectOptions};
@@ -96,4 +98,6 @@ fn create_private(db: &std::path::Path) -> anyhow::Result<()> {
 
 impl_sql_store!(SqliteStore, Sqlite);
 impl_escalation_store!(SqliteStore, Sqlite);
+impl_grant_store!(SqliteStore, Sqlite);
 impl_people_store!(SqliteStore, Sqlite);
+impl_sign_in_store!(SqliteStore, Sqlite);

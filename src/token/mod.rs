@@ -14,8 +14,7 @@ use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::SecretError;
-use crate::store::StoreError;
-pub use keys::{Jwk, KeyRing, Signer};
+pub use keys::{Jwk, Signer, thumbprint};
 
 /// Token and key errors.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +30,7 @@ pub enum TokenError {
     Secret(SecretError),
     /// The store failed.
     #[error("store: {0}")]
-    Store(StoreError),
+    Store(String),
     /// No key loaded for the key set.
     #[error("no signing key for {0}")]
     NoKey(String),

@@ -309,7 +309,7 @@ async fn start_device_flow(app: &TestApp) -> Value {
     let r = app
         .client
         .post(app.url("/oauth/device_authorization"))
-        .form(&[("client_id", people::CLI_CLIENT_ID)])
+        .form(&[("client_id", airlock::domain::CLI_CLIENT_ID)])
         .send()
         .await
         .expect("device authorization");
@@ -323,9 +323,9 @@ async fn poll(app: &TestApp, device_code: &str) -> (StatusCode, Value) {
         .client
         .post(app.url("/oauth/token"))
         .form(&[
-            ("grant_type", people::DEVICE_CODE_GRANT),
+            ("grant_type", airlock::oauth::DEVICE_CODE_GRANT),
             ("device_code", device_code),
-            ("client_id", people::CLI_CLIENT_ID),
+            ("client_id", airlock::domain::CLI_CLIENT_ID),
         ])
         .send()
         .await
@@ -408,7 +408,7 @@ async fn a_device_request_from_another_address_is_flagged_with_its_program(backe
     let r = elsewhere
         .post(app.url("/oauth/device_authorization"))
         .header("user-agent", "helpful-agent/1.0 \u{202e}(trusted)")
-        .form(&[("client_id", people::CLI_CLIENT_ID)])
+        .form(&[("client_id", airlock::domain::CLI_CLIENT_ID)])
         .send()
         .await
         .expect("device authorization");

@@ -802,7 +802,7 @@ impl World {
             .ok_or_else(|| format!("{what}: unknown env"))?;
         // Key isolation, as claims: issuer and audience are the token's environment's.
         ensure!(c["aud"] == env.audience.as_str(), "{what}: audience");
-        ensure!(c["iss"] == settings.issuer(env_name).as_str(), "{what}: issuer");
+        ensure!(c["iss"] == settings.environments[env_name].issuer(&settings.public_url).as_str(), "{what}: issuer");
         let iat = c["iat"].as_i64().unwrap();
         let exp = c["exp"].as_i64().unwrap();
         // Property 2: max_ttl.
@@ -1941,7 +1941,7 @@ async fn enrol_person(app: &TestApp, p: P) -> PersonRt {
     if !p.has_totp() {
         return rt;
     }
-    let auth = airlock::people::authenticate_session(&app.state, &rt.session_token)
+    let auth = airlock::auth::authenticate_session(&app.state, &rt.session_token)
         .await
         .expect("session authenticates");
     let enrolment = airlock::people::totp_begin(&app.state, &auth)

@@ -147,7 +147,7 @@ async fn concurrent_approvals_on_two_replicas_make_exactly_one_grant(backend: Ba
         .filter(|r| r.event.kind == "grant.created")
         .count();
     assert_eq!(grants, 16);
-    airlock::audit::verify_store(a.as_ref())
+    airlock::store::verify_store(a.as_ref())
         .await
         .expect("chain intact");
 }
@@ -308,7 +308,7 @@ async fn sweeps_on_two_replicas_expire_and_end_each_once(backend: Backend) {
         assert_eq!(count_events(a.as_ref(), "grant.ended", &id.to_string()).await, 1);
     }
     let _ = carol;
-    airlock::audit::verify_store(a.as_ref())
+    airlock::store::verify_store(a.as_ref())
         .await
         .expect("chain intact");
 }

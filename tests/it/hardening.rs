@@ -243,14 +243,14 @@ async fn audit_verify_is_not_fooled_by_a_busy_server(backend: Backend) {
     });
     let mut checks = 0;
     while !writer.is_finished() {
-        airlock::audit::verify_store(app.store())
+        airlock::store::verify_store(app.store())
             .await
             .expect("an intact chain verifies while it grows");
         checks += 1;
     }
     writer.await.unwrap();
     assert!(checks > 0);
-    let v = airlock::audit::verify_store(app.store()).await.unwrap();
+    let v = airlock::store::verify_store(app.store()).await.unwrap();
     assert!(v.events >= 400);
 }
 

@@ -308,7 +308,7 @@ impl TestApp {
         let tokens = people::start_cli_session(&self.state, &signed_in, "test")
             .await
             .expect("session to enrol from");
-        let auth = people::authenticate_session(&self.state, &tokens.access_token)
+        let auth = airlock::auth::authenticate_session(&self.state, &tokens.access_token)
             .await
             .expect("session authenticates");
         let enrolment = people::totp_begin(&self.state, &auth)
@@ -317,7 +317,7 @@ impl TestApp {
         let secret = data_encoding::BASE32_NOPAD
             .decode(enrolment.secret.as_bytes())
             .expect("base32 secret");
-        let auth = people::authenticate_session(&self.state, &tokens.access_token)
+        let auth = airlock::auth::authenticate_session(&self.state, &tokens.access_token)
             .await
             .expect("session authenticates");
         let step = airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp()) - 1;

@@ -440,7 +440,7 @@ async fn forms_posted_from_another_site_or_origin_are_refused_before_anything_ha
     let (status, device) = support::status_json(
         app.client
             .post(app.url("/oauth/device_authorization"))
-            .form(&[("client_id", people::CLI_CLIENT_ID)])
+            .form(&[("client_id", airlock::domain::CLI_CLIENT_ID)])
             .send()
             .await
             .unwrap(),

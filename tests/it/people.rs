@@ -1365,7 +1365,7 @@ async fn poll(app: &TestApp, device_code: &str) -> reqwest::Response {
     .await
 }
 
-async fn approver_of(app: &TestApp, user: &User) -> people::Authenticated {
+async fn approver_of(app: &TestApp, user: &User) -> airlock::auth::Authenticated {
     let signed_in = people::SignedIn {
         user: user.clone(),
         totp_verified: false,
@@ -1373,7 +1373,7 @@ async fn approver_of(app: &TestApp, user: &User) -> people::Authenticated {
     let (_, cookie) = people::start_web_session(&app.state, &signed_in)
         .await
         .expect("web session");
-    people::authenticate_web(&app.state, &cookie)
+    airlock::auth::authenticate_web(&app.state, &cookie)
         .await
         .expect("authenticated")
 }

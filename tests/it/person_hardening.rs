@@ -361,13 +361,13 @@ async fn a_device_flow_login_needs_a_cli_step_up_before_it_can_approve(backend: 
     let resp = client_from("127.0.0.3")
         .post(app.url("/oauth/device_authorization"))
         .header("user-agent", "agent-runner/2.1")
-        .form(&[("client_id", people::CLI_CLIENT_ID)])
+        .form(&[("client_id", airlock::domain::CLI_CLIENT_ID)])
         .send()
         .await
         .unwrap();
     let (status, device) = status_json(resp).await;
     assert_eq!(status, StatusCode::OK, "{device}");
-    let browser = people::authenticate_session(&app.state, &carol.token)
+    let browser = airlock::auth::authenticate_session(&app.state, &carol.token)
         .await
         .expect("carol's session");
     assert!(browser.session.totp_verified, "carol signed in with TOTP");
@@ -385,9 +385,9 @@ async fn a_device_flow_login_needs_a_cli_step_up_before_it_can_approve(backend: 
         .client
         .post(app.url("/oauth/token"))
         .form(&[
-            ("grant_type", people::DEVICE_CODE_GRANT),
+            ("grant_type", airlock::oauth::DEVICE_CODE_GRANT),
             ("device_code", device["device_code"].as_str().unwrap()),
-            ("client_id", people::CLI_CLIENT_ID),
+            ("client_id", airlock::domain::CLI_CLIENT_ID),
         ])
         .send()
         .await

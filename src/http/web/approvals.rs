@@ -31,11 +31,12 @@ use super::{
     document, escape, forbidden_page, read_form, refuse_cross_site, see_other, session_csrf_ok, signed_in_or,
     tokens_match, unavailable_page,
 };
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::config::Tier;
 use crate::domain::{Escalation, EscalationEvent, EscalationState, RequesterKind, now};
-use crate::escalations::{self as esc, EscalationError, EscalationView, ListQuery, Principal};
-use crate::people::{self, Authenticated, SignInError};
+use crate::auth::{self, Authenticated, Principal};
+use crate::escalations::{self as esc, EscalationError, EscalationView, ListQuery};
+use crate::people::SignInError;
 use crate::policy::escalation::{self as rules, ApprovalRefusal};
 
 /// How many decided requests the page lists under the pending ones.
@@ -346,7 +347,7 @@ fn approvals_page(
     recent: &[EscalationView],
 ) -> Response {
     let at = now();
-    let effective = people::effective_roles(state, auth);
+    let effective = auth::effective_roles(state, auth);
     let mut body = String::from(
         "<p class=\"lead\">Requests for production or destructive access wait here until a person \
          with the approver role for their environment, who did not ask, says yes. Approving takes a \
