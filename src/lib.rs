@@ -5,7 +5,7 @@
 //!
 //! Modules are layered, each importing only downward (`docs/architecture.md`, checked by
 //! `.ci/layers.py`): pure (`domain`, `secrets`, `config`, `policy`, `audit`, `token`,
-//! `totp`) → infrastructure (`store`, `keyring`, `password`, `refusals`, `throttle`,
+//! `totp`, `wire`) → infrastructure (`store`, `keyring`, `password`, `refusals`, `throttle`,
 //! `notify`, `telemetry`) → `state` → services (`auth`, `people`, `agents`,
 //! `escalations`, `oauth`) → edges (`http`) → `app` → `cli`.
 //!
@@ -48,3 +48,4 @@ pub mod telemetry;
 pub mod throttle;
 pub mod token;
 pub mod totp;
+pub mod wire;

@@ -1,26 +1,22 @@
-//! What a caller may see of escalations and grants, and how they look on the wire.
+//! What a caller may see of escalations and grants (`http/` maps these views to the
+//! bodies of `crate::wire::escalations`).
 
 use std::time::Duration;
 
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::sweeper::sweep;
 use super::{EscalationError, MAX_LIST, MAX_WAIT, WAIT_POLL, store_err};
 use crate::auth::{AgentKind, AgentPrincipal, Principal, effective_roles};
-use crate::domain::{
-    Escalation, EscalationEvent, EscalationState, Grant, agent_holder, now,
-    person_holder,
-};
+use crate::domain::{Escalation, EscalationEvent, EscalationState, Grant, agent_holder, now, person_holder};
 use crate::policy::escalation as rules;
 use crate::state::AppState;
 use crate::store::{EscalationFilter, GrantFilter};
 
 /// A request with what the caller may see of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct EscalationView {
     /// The request.
-    #[serde(flatten)]
     pub escalation: Escalation,
     /// Its destructive scopes.
     pub destructive_scopes: Vec<String>,
@@ -31,19 +27,16 @@ pub struct EscalationView {
     /// The approvals page for it.
     pub url: String,
     /// Whether the duration asked for was cut to the environment's maximum.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duration_capped: bool,
     /// The requesting registered agent's owner (also its `sponsor`, so their approval
     /// never counts toward this request).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
 }
 
 /// A grant as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct GrantView {
     /// The grant.
-    #[serde(flatten)]
     pub grant: Grant,
     /// `active`, `revoked` or `ended`.
     pub status: &'static str,
@@ -80,7 +73,11 @@ pub(super) async fn grant_view(state: &AppState, grant: Grant) -> GrantView {
     }
 }
 
-pub(super) async fn view(state: &AppState, e: Escalation, capped: bool) -> Result<EscalationView, EscalationError> {
+pub(super) async fn view(
+    state: &AppState,
+    e: Escalation,
+    capped: bool,
+) -> Result<EscalationView, EscalationError> {
     let grant = match state.store.grant_of_escalation(e.id).await.map_err(store_err)? {
         Some(g) => Some(grant_view(state, g).await),
         None => None,

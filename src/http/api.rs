@@ -9,17 +9,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use serde_json::json;
+use secrecy::SecretString;
 
 use super::error::ApiError;
 use super::extract::{AppJson, Caller};
 use crate::agents::{self, NewAgent};
 use crate::auth;
-use crate::state::AppState;
-use crate::domain::{Agent, User};
+use crate::domain::User;
 use crate::people;
+use crate::state::AppState;
+use crate::wire::agents::{self as wire_agents, AgentCreated, AgentFilter};
+use crate::wire::people::{Code, Me, MeSession, NewUser, Reauthenticate, ResetUser, SignIn};
+use crate::wire::{self, Sorted};
 
 /// The OpenAPI description of every route.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -48,15 +49,6 @@ pub fn router() -> Router<AppState> {
 
 async fn openapi() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignIn {
-    username: String,
-    password: SecretString,
-    #[serde(default)]
-    totp_code: Option<String>,
 }
 
 async fn create_session(
@@ -96,41 +88,41 @@ async fn end_session(State(state): State<AppState>, caller: Caller) -> Result<St
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+/// A person as the admin API shows them: their roles in effect are those their roles
+/// give with their TOTP enrolment.
+fn user_body(state: &AppState, u: &User) -> wire::User {
+    wire::User {
+        created_at: u.created_at,
+        disabled: u.disabled,
+        effective_roles: crate::policy::effective_roles(&state.settings, &u.roles, u.totp_enrolled()),
+        id: u.id,
+        roles: u.roles.clone(),
+        totp_enrolled: u.totp_enrolled(),
+        updated_at: u.updated_at,
+        username: u.username.clone(),
+    }
 }
 
-fn user_json(state: &AppState, u: &User) -> serde_json::Value {
-    json!({
-        "id": u.id,
-        "username": u.username,
-        "roles": u.roles,
-        "effective_roles": crate::policy::effective_roles(&state.settings, &u.roles, u.totp_enrolled()),
-        "totp_enrolled": u.totp_enrolled(),
-        "disabled": u.disabled,
-        "created_at": rfc3339(u.created_at),
-        "updated_at": rfc3339(u.updated_at),
+async fn show_me(State(state): State<AppState>, caller: Caller) -> Json<Me> {
+    let (user, session) = (&caller.0.user, &caller.0.session);
+    Json(Me {
+        created_at: user.created_at,
+        disabled: user.disabled,
+        // For this session: admin and approver roles count only with TOTP here.
+        effective_roles: auth::effective_roles(&state, &caller.0),
+        id: user.id,
+        roles: user.roles.clone(),
+        session: MeSession {
+            created_at: session.created_at,
+            expires_at: session.expires_at,
+            id: session.id,
+            totp_verified: session.totp_verified,
+        },
+        stepped_up: auth::is_stepped_up(&state, &caller.0),
+        totp_enrolled: user.totp_enrolled(),
+        updated_at: user.updated_at,
+        username: user.username.clone(),
     })
-}
-
-async fn show_me(State(state): State<AppState>, caller: Caller) -> Json<serde_json::Value> {
-    let mut me = user_json(&state, &caller.0.user);
-    me["effective_roles"] = json!(auth::effective_roles(&state, &caller.0));
-    me["stepped_up"] = json!(auth::is_stepped_up(&state, &caller.0));
-    me["session"] = json!({
-        "id": caller.0.session.id,
-        "totp_verified": caller.0.session.totp_verified,
-        "created_at": rfc3339(caller.0.session.created_at),
-        "expires_at": rfc3339(caller.0.session.expires_at),
-    });
-    Json(me)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Reauthenticate {
-    password: SecretString,
 }
 
 /// Enrolment needs the password again: a copied session alone must not be able to bind
@@ -176,12 +168,6 @@ async fn step_up(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Code {
-    code: String,
-}
-
 async fn activate_totp(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -202,32 +188,21 @@ async fn activate_totp(
 async fn list_users(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<wire::User>>, ApiError> {
     caller.require_admin(&state)?;
     let users = state
         .store
         .users()
         .await
         .map_err(|_| ApiError::Unavailable("the store is unavailable"))?;
-    Ok(Json(json!(
-        users.iter().map(|u| user_json(&state, u)).collect::<Vec<_>>()
-    )))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewUser {
-    username: String,
-    password: SecretString,
-    #[serde(default)]
-    roles: Vec<String>,
+    Ok(Json(users.iter().map(|u| user_body(&state, u)).collect()))
 }
 
 async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(body): AppJson<NewUser>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<wire::User>), ApiError> {
     caller.require_admin_change(&state)?;
     let u = people::create_user(
         &state,
@@ -237,17 +212,17 @@ async fn create_user(
         body.roles,
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(user_json(&state, &u))))
+    Ok((StatusCode::CREATED, Json(user_body(&state, &u))))
 }
 
 async fn show_user(
     State(state): State<AppState>,
     caller: Caller,
     Path(username): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::User>, ApiError> {
     caller.require_admin(&state)?;
     let u = people::find_user(&state, &username).await?;
-    Ok(Json(user_json(&state, &u)))
+    Ok(Json(user_body(&state, &u)))
 }
 
 async fn set_user_disabled(
@@ -255,20 +230,20 @@ async fn set_user_disabled(
     caller: Caller,
     username: String,
     disabled: bool,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::User>, ApiError> {
     caller.require_admin_change(&state)?;
     if disabled && people::normalize_username(&username).as_deref() == Some(caller.0.user.username.as_str()) {
         return Err(ApiError::Conflict("you cannot disable yourself".into()));
     }
     let u = people::set_user_disabled(&state, &caller.actor(), &username, disabled).await?;
-    Ok(Json(user_json(&state, &u)))
+    Ok(Json(user_body(&state, &u)))
 }
 
 async fn disable_user(
     State(state): State<AppState>,
     caller: Caller,
     Path(username): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::User>, ApiError> {
     set_user_disabled(state, caller, username, true).await
 }
 
@@ -276,19 +251,8 @@ async fn enable_user(
     State(state): State<AppState>,
     caller: Caller,
     Path(username): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::User>, ApiError> {
     set_user_disabled(state, caller, username, false).await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResetUser {
-    #[serde(default)]
-    password: Option<SecretString>,
-    #[serde(default)]
-    reset_totp: bool,
-    #[serde(default)]
-    roles: Option<Vec<String>>,
 }
 
 async fn reset_user(
@@ -296,7 +260,7 @@ async fn reset_user(
     caller: Caller,
     Path(username): Path<String>,
     AppJson(body): AppJson<ResetUser>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::User>, ApiError> {
     caller.require_admin_change(&state)?;
     let u = people::reset_user(
         &state,
@@ -307,45 +271,29 @@ async fn reset_user(
         body.roles,
     )
     .await?;
-    Ok(Json(user_json(&state, &u)))
-}
-
-#[derive(Deserialize)]
-struct AgentFilter {
-    env: Option<String>,
+    Ok(Json(user_body(&state, &u)))
 }
 
 async fn list_agents(
     State(state): State<AppState>,
     caller: Caller,
     Query(filter): Query<AgentFilter>,
-) -> Result<Json<Vec<Agent>>, ApiError> {
+) -> Result<Json<Vec<wire_agents::Agent>>, ApiError> {
     caller.require_admin(&state)?;
     let list = state
         .store
         .agents(filter.env.as_deref())
         .await
         .map_err(|_| ApiError::Unavailable("the store is unavailable"))?;
-    Ok(Json(list))
+    Ok(Json(list.iter().map(wire_agents::Agent::from).collect()))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateAgent {
-    name: String,
-    environment: String,
-    scopes: Vec<String>,
-    #[serde(default)]
-    default_scopes: Vec<String>,
-    /// Username of the person who answers for the agent (required once people exist).
-    #[serde(default)]
-    owner: Option<String>,
-}
-
-fn agent_with_secret(a: &Agent, secret: &SecretString) -> Response {
-    let mut v = serde_json::to_value(a).unwrap_or_default();
-    v["client_secret"] = json!(secret.expose_secret());
-    let mut r = super::tokens::no_store_json(v);
+/// An agent with its new secret, shown this once (never cached).
+fn agent_with_secret(a: &crate::domain::Agent, secret: SecretString) -> Response {
+    let mut r = super::tokens::no_store_json(Sorted(AgentCreated {
+        agent: a.into(),
+        client_secret: secret,
+    }));
     *r.status_mut() = StatusCode::CREATED;
     r
 }
@@ -353,7 +301,7 @@ fn agent_with_secret(a: &Agent, secret: &SecretString) -> Response {
 async fn create_agent(
     State(state): State<AppState>,
     caller: Caller,
-    AppJson(body): AppJson<CreateAgent>,
+    AppJson(body): AppJson<wire::NewAgent>,
 ) -> Result<Response, ApiError> {
     caller.require_admin_change(&state)?;
     let new = NewAgent {
@@ -371,38 +319,38 @@ async fn create_agent(
         &caller.actor(),
     )
     .await?;
-    Ok(agent_with_secret(&a, &secret))
+    Ok(agent_with_secret(&a, secret))
 }
 
 async fn show_agent(
     State(state): State<AppState>,
     caller: Caller,
     Path(reference): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
+) -> Result<Json<wire_agents::Agent>, ApiError> {
     caller.require_admin(&state)?;
-    Ok(Json(agents::find(state.store.as_ref(), &reference).await?))
+    Ok(Json(
+        (&agents::find(state.store.as_ref(), &reference).await?).into(),
+    ))
 }
 
 async fn disable_agent(
     State(state): State<AppState>,
     caller: Caller,
     Path(reference): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
+) -> Result<Json<wire_agents::Agent>, ApiError> {
     caller.require_admin_change(&state)?;
-    Ok(Json(
-        agents::set_disabled(state.store.as_ref(), &reference, true, &caller.actor()).await?,
-    ))
+    let a = agents::set_disabled(state.store.as_ref(), &reference, true, &caller.actor()).await?;
+    Ok(Json((&a).into()))
 }
 
 async fn enable_agent(
     State(state): State<AppState>,
     caller: Caller,
     Path(reference): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
+) -> Result<Json<wire_agents::Agent>, ApiError> {
     caller.require_admin_change(&state)?;
-    Ok(Json(
-        agents::set_disabled(state.store.as_ref(), &reference, false, &caller.actor()).await?,
-    ))
+    let a = agents::set_disabled(state.store.as_ref(), &reference, false, &caller.actor()).await?;
+    Ok(Json((&a).into()))
 }
 
 async fn reset_agent(
@@ -413,7 +361,7 @@ async fn reset_agent(
     caller.require_admin_change(&state)?;
     let (a, secret) =
         agents::rotate_secret(state.store.as_ref(), &state.hasher, &reference, &caller.actor()).await?;
-    let mut r = agent_with_secret(&a, &secret);
+    let mut r = agent_with_secret(&a, secret);
     *r.status_mut() = StatusCode::OK;
     Ok(r)
 }

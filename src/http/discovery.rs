@@ -8,11 +8,11 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
-use crate::state::AppState;
 use super::extract::EnvPath;
 use crate::oauth::OAuthError;
+use crate::state::AppState;
+use crate::wire::oauth::{CLIENT_CREDENTIALS_GRANT, EnvironmentMetadata, Jwks, TOKEN_EXCHANGE_GRANT};
 
 /// Discovery routes.
 pub fn router() -> Router<AppState> {
@@ -36,22 +36,30 @@ async fn env_metadata(State(state): State<AppState>, env: EnvPath) -> Result<Res
     let settings = &state.settings;
     let env = env.env();
     let issuer = env.issuer(&settings.public_url);
-    let body = json!({
-        "issuer": issuer,
-        "token_endpoint": format!("{issuer}/token"),
-        "jwks_uri": format!("{issuer}/jwks.json"),
-        "introspection_endpoint": format!("{issuer}/introspect"),
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "grant_types_supported": ["client_credentials", crate::oauth::TOKEN_EXCHANGE_GRANT],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "response_types_supported": [],
-        "scopes_supported": settings
+    let body = EnvironmentMetadata {
+        access_token_signing_alg_values_supported: vec!["EdDSA".into()],
+        grant_types_supported: vec![CLIENT_CREDENTIALS_GRANT.into(), TOKEN_EXCHANGE_GRANT.into()],
+        introspection_endpoint: format!("{issuer}/introspect"),
+        introspection_endpoint_auth_methods_supported: vec![
+            "client_secret_basic".into(),
+            "client_secret_post".into(),
+        ],
+        jwks_uri: format!("{issuer}/jwks.json"),
+        response_types_supported: vec![],
+        scopes_supported: settings
             .scopes
             .keys()
             .filter(|s| settings.env_offers_scope(env, s))
-            .collect::<Vec<_>>(),
-        "access_token_signing_alg_values_supported": ["EdDSA"],
-    });
+            .cloned()
+            .collect(),
+        token_endpoint: format!("{issuer}/token"),
+        token_endpoint_auth_methods_supported: vec![
+            "client_secret_basic".into(),
+            "client_secret_post".into(),
+            "none".into(),
+        ],
+        issuer,
+    };
     Ok(cacheable(Json(body).into_response()))
 }
 
@@ -60,5 +68,5 @@ async fn env_jwks(State(state): State<AppState>, env: EnvPath) -> Result<Respons
         .keys
         .jwks(&env.env().key_set())
         .ok_or(OAuthError::Unavailable)?;
-    Ok(cacheable(Json(json!({ "keys": keys })).into_response()))
+    Ok(cacheable(Json(Jwks::of(&keys)).into_response()))
 }

@@ -7,9 +7,9 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::oauth::OAuthError;
+use crate::wire::{ApiErrorBody, OAuthErrorBody};
 
 /// Errors of Airlock's own JSON resources.
 #[derive(Debug, thiserror::Error)]
@@ -143,11 +143,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = ?e, "internal error");
         }
         let (status, code, message) = self.parts();
-        let mut response = (
-            status,
-            Json(json!({ "error": { "code": code, "message": message } })),
-        )
-            .into_response();
+        let mut response = (status, Json(ApiErrorBody::new(code, message))).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match (&self, status) {
@@ -231,11 +227,7 @@ impl OAuthError {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let (status, code, description) = self.parts();
-        let mut response = (
-            status,
-            Json(json!({ "error": code, "error_description": description })),
-        )
-            .into_response();
+        let mut response = (status, Json(OAuthErrorBody::new(code, description))).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
@@ -253,11 +245,7 @@ impl IntoResponse for OAuthError {
 
 /// An OAuth-shaped error with an explicit status (413, 415, 405 at OAuth endpoints).
 pub fn oauth_status(status: StatusCode, description: &str) -> Response {
-    let mut response = (
-        status,
-        Json(json!({ "error": "invalid_request", "error_description": description })),
-    )
-        .into_response();
+    let mut response = (status, Json(OAuthErrorBody::new("invalid_request", description))).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

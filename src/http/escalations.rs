@@ -12,16 +12,19 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde::Deserialize;
-use serde_json::json;
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{AnyCaller, AppJson, AppQuery};
-use crate::state::AppState;
-use crate::domain::{NewAuditEvent, Outcome};
 use crate::auth::Principal;
+use crate::domain::{NewAuditEvent, Outcome};
 use crate::escalations::{self as esc, NewRequest};
+use crate::state::AppState;
+use crate::wire::Sorted;
+use crate::wire::escalations::{
+    self as wire, Approve, DurationField, EscalationList, EscalationQuery, GrantList, GrantQuery,
+    NewEscalation, Reason, WaitQuery,
+};
 
 /// Routes.
 pub fn router() -> Router<AppState> {
@@ -40,48 +43,79 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// A duration as `"30m"` or a number of seconds.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DurationField {
-    Seconds(u64),
-    Text(String),
-}
-
-impl DurationField {
-    fn get(&self) -> Result<Duration, ApiError> {
-        match self {
-            DurationField::Seconds(s) => Ok(Duration::from_secs(*s)),
-            DurationField::Text(t) if t.len() <= 32 => humantime::parse_duration(t.trim())
-                .map_err(|_| ApiError::BadRequest("duration must look like 30m, 2h or 90s".into())),
-            DurationField::Text(_) => Err(ApiError::BadRequest("duration is too long".into())),
-        }
+fn duration_of(field: &DurationField) -> Result<Duration, ApiError> {
+    match field {
+        DurationField::Seconds(s) => Ok(Duration::from_secs(*s)),
+        DurationField::Text(t) if t.len() <= 32 => humantime::parse_duration(t.trim())
+            .map_err(|_| ApiError::BadRequest("duration must look like 30m, 2h or 90s".into())),
+        DurationField::Text(_) => Err(ApiError::BadRequest("duration is too long".into())),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    environment: String,
-    scopes: Vec<String>,
-    duration: DurationField,
-    reason: String,
+/// Bound the fields of a new request and read its duration.
+fn into_request(body: NewEscalation) -> Result<NewRequest, ApiError> {
+    if body.environment.len() > 64 || body.scopes.iter().any(|s| s.len() > 128) || body.reason.len() > 4096 {
+        return Err(ApiError::BadRequest("a field is too long".into()));
+    }
+    Ok(NewRequest {
+        duration: duration_of(&body.duration)?,
+        environment: body.environment,
+        scopes: body.scopes,
+        reason: body.reason,
+    })
 }
 
-impl CreateBody {
-    /// Bound the fields and read the duration.
-    fn into_request(self) -> Result<NewRequest, ApiError> {
-        if self.environment.len() > 64
-            || self.scopes.iter().any(|s| s.len() > 128)
-            || self.reason.len() > 4096
-        {
-            return Err(ApiError::BadRequest("a field is too long".into()));
-        }
-        Ok(NewRequest {
-            duration: self.duration.get()?,
-            environment: self.environment,
-            scopes: self.scopes,
-            reason: self.reason,
-        })
+/// A request as the API shows it.
+fn view_body(v: esc::EscalationView) -> wire::EscalationView {
+    let e = v.escalation;
+    wire::EscalationView {
+        id: e.id,
+        environment: e.environment,
+        scopes: e.scopes,
+        duration_secs: e.duration_secs,
+        reason: e.reason,
+        requester_kind: e.requester_kind,
+        requester: e.requester,
+        requester_user_id: e.requester_user_id,
+        sponsor: e.sponsor,
+        sponsor_user_id: e.sponsor_user_id,
+        holder: e.holder,
+        holder_actor: e.holder_actor,
+        quorum: e.quorum,
+        state: e.state,
+        created_at: e.created_at,
+        expires_at: e.expires_at,
+        decided_at: e.decided_at,
+        decided_by: e.decided_by,
+        decision_reason: e.decision_reason,
+        approvals: e.approvals.iter().map(wire::Approval::from).collect(),
+        destructive_scopes: v.destructive_scopes,
+        grant: v.grant.map(grant_body),
+        history: v.history.into_iter().map(wire::HistoryEntry::from).collect(),
+        url: v.url,
+        duration_capped: v.duration_capped,
+        owner: v.owner,
+    }
+}
+
+/// A grant as the API shows it.
+fn grant_body(v: esc::GrantView) -> wire::GrantView {
+    let g = v.grant;
+    wire::GrantView {
+        id: g.id,
+        escalation_id: g.escalation_id,
+        environment: g.environment,
+        scopes: g.scopes,
+        holder: g.holder,
+        holder_actor: g.holder_actor,
+        starts_at: g.starts_at,
+        ends_at: g.ends_at,
+        session_id: g.session_id,
+        revoked_at: g.revoked_at,
+        revoked_by: g.revoked_by,
+        revoked_reason: g.revoked_reason,
+        status: v.status.into(),
+        holder_name: v.holder_name,
     }
 }
 
@@ -89,58 +123,44 @@ impl CreateBody {
 /// content-type check): JSON without unknown fields, bounded lengths, a duration as
 /// `"30m"` or seconds. Public so the fuzz targets run this very code.
 pub fn parse_create_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
-    AppJson::<CreateBody>::from_bytes(bytes)?.into_request()
+    into_request(AppJson::<NewEscalation>::from_bytes(bytes)?)
 }
 
 async fn create(
     State(state): State<AppState>,
     AnyCaller(principal): AnyCaller,
-    AppJson(body): AppJson<CreateBody>,
+    AppJson(body): AppJson<NewEscalation>,
 ) -> Result<Response, ApiError> {
-    let req = body.into_request()?;
+    let req = into_request(body)?;
     let view = esc::create(&state, &principal, req).await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    #[serde(default)]
-    pending: bool,
-    environment: Option<String>,
-    limit: Option<u32>,
+    Ok((StatusCode::CREATED, Json(view_body(view))).into_response())
 }
 
 async fn list(
     State(state): State<AppState>,
     AnyCaller(principal): AnyCaller,
-    AppQuery(q): AppQuery<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    AppQuery(q): AppQuery<EscalationQuery>,
+) -> Result<Json<EscalationList>, ApiError> {
     let q = esc::ListQuery {
         pending: q.pending,
         environment: q.environment,
         limit: q.limit,
     };
     let items = esc::list(&state, &principal, &q).await?;
-    Ok(Json(json!({ "escalations": items })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ShowQuery {
-    /// Seconds to wait for the request to leave `pending`.
-    wait: Option<u64>,
+    Ok(Json(EscalationList {
+        escalations: items.into_iter().map(|v| Sorted(view_body(v))).collect(),
+    }))
 }
 
 async fn show(
     State(state): State<AppState>,
     AnyCaller(principal): AnyCaller,
     Path(id): Path<String>,
-    AppQuery(q): AppQuery<ShowQuery>,
+    AppQuery(q): AppQuery<WaitQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let view = esc::get(&state, &principal, id, q.wait.map(Duration::from_secs)).await?;
-    Ok(Json(view).into_response())
+    Ok(Json(view_body(view)).into_response())
 }
 
 /// Only a person's session decides. An agent's attempt is refused and audited.
@@ -181,18 +201,12 @@ async fn person_only(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApproveBody {
-    totp: String,
-}
-
 async fn approve(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     AnyCaller(principal): AnyCaller,
     Path(id): Path<String>,
-    AppJson(body): AppJson<ApproveBody>,
+    AppJson(body): AppJson<Approve>,
 ) -> Result<Response, ApiError> {
     let auth = person_only(&state, principal, &id, "approve").await?;
     let id = parse_id(&id)?;
@@ -201,25 +215,19 @@ async fn approve(
         return Err(ApiError::BadRequest("the TOTP code is 6 digits".into()));
     }
     let view = esc::approve(&state, peer, &auth, id, &body.totp).await?;
-    Ok(Json(view).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReasonBody {
-    reason: String,
+    Ok(Json(view_body(view)).into_response())
 }
 
 async fn deny(
     State(state): State<AppState>,
     AnyCaller(principal): AnyCaller,
     Path(id): Path<String>,
-    AppJson(body): AppJson<ReasonBody>,
+    AppJson(body): AppJson<Reason>,
 ) -> Result<Response, ApiError> {
     let auth = person_only(&state, principal, &id, "deny").await?;
     let id = parse_id(&id)?;
     let view = esc::deny(&state, &auth, id, &body.reason).await?;
-    Ok(Json(view).into_response())
+    Ok(Json(view_body(view)).into_response())
 }
 
 async fn cancel(
@@ -229,31 +237,25 @@ async fn cancel(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let view = esc::cancel(&state, &principal, id).await?;
-    Ok(Json(view).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GrantQuery {
-    #[serde(default)]
-    active: bool,
-    environment: Option<String>,
+    Ok(Json(view_body(view)).into_response())
 }
 
 async fn list_grants(
     State(state): State<AppState>,
     AnyCaller(principal): AnyCaller,
     AppQuery(q): AppQuery<GrantQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<GrantList>, ApiError> {
     let items = esc::grants(&state, &principal, q.active, q.environment).await?;
-    Ok(Json(json!({ "grants": items })))
+    Ok(Json(GrantList {
+        grants: items.into_iter().map(|g| Sorted(grant_body(g))).collect(),
+    }))
 }
 
 async fn revoke_grant(
     State(state): State<AppState>,
     AnyCaller(principal): AnyCaller,
     Path(id): Path<String>,
-    AppJson(body): AppJson<ReasonBody>,
+    AppJson(body): AppJson<Reason>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("grant"))?;
     let view = esc::revoke_grant(&state, &principal, id, &body.reason)
@@ -262,5 +264,5 @@ async fn revoke_grant(
             esc::EscalationError::NotFound => ApiError::NotFound("grant"),
             other => other.into(),
         })?;
-    Ok(Json(view).into_response())
+    Ok(Json(grant_body(view)).into_response())
 }

@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
 use crate::state::AppState;
 use crate::store::StoreError;
+use crate::wire::health::Health;
 
 /// Health routes.
 pub fn router() -> Router<AppState> {
@@ -19,21 +19,21 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+    Json(Health::new("ok"))
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.ready().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(()) => (StatusCode::OK, Json(Health::new("ready"))),
         Err(StoreError::MigrationsPending) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "migrations_pending" })),
+            Json(Health::new("migrations_pending")),
         ),
         Err(e) => {
             tracing::warn!(error = ?e, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "store_unavailable" })),
+                Json(Health::new("store_unavailable")),
             )
         }
     }

@@ -10,12 +10,12 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde_json::json;
 
 use super::tokens::{no_store_json, read_form_body};
-use crate::state::AppState;
 use crate::domain::KeySet;
 use crate::oauth::{self, DEVICE_CODE_GRANT, Endpoint, OAuthError, parse_params};
+use crate::state::AppState;
+use crate::wire::oauth::{Jwks, REFRESH_TOKEN_GRANT, ServerMetadata};
 
 /// Routes.
 pub fn router() -> Router<AppState> {
@@ -28,22 +28,22 @@ pub fn router() -> Router<AppState> {
 
 async fn metadata(State(state): State<AppState>) -> Response {
     let base = &state.settings.public_url;
-    Json(json!({
-        "issuer": base,
-        "token_endpoint": format!("{base}/oauth/token"),
-        "device_authorization_endpoint": format!("{base}/oauth/device_authorization"),
-        "jwks_uri": format!("{base}/oauth/jwks.json"),
-        "grant_types_supported": [DEVICE_CODE_GRANT, "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "response_types_supported": [],
-        "service_documentation": format!("{base}/v1/openapi.json"),
-    }))
+    Json(ServerMetadata {
+        device_authorization_endpoint: format!("{base}/oauth/device_authorization"),
+        grant_types_supported: vec![DEVICE_CODE_GRANT.into(), REFRESH_TOKEN_GRANT.into()],
+        issuer: base.clone(),
+        jwks_uri: format!("{base}/oauth/jwks.json"),
+        response_types_supported: vec![],
+        service_documentation: format!("{base}/v1/openapi.json"),
+        token_endpoint: format!("{base}/oauth/token"),
+        token_endpoint_auth_methods_supported: vec!["none".into()],
+    })
     .into_response()
 }
 
 async fn jwks(State(state): State<AppState>) -> Result<Response, OAuthError> {
     let keys = state.keys.jwks(&KeySet::Session).ok_or(OAuthError::Unavailable)?;
-    Ok(Json(json!({ "keys": keys })).into_response())
+    Ok(Json(Jwks::of(&keys)).into_response())
 }
 
 fn peer_ip(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<std::net::IpAddr> {
@@ -79,7 +79,9 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         Ok(b) => b,
         Err(r) => return r,
     };
-    let authorization = headers.get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes());
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
     match oauth::dispatch(&state, Endpoint::People, None, &bytes, authorization).await {
         Ok(issued) => no_store_json(issued),
         Err(e) => e.into_response(),

@@ -3,7 +3,6 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::OAuthError;
@@ -12,22 +11,7 @@ use crate::people::{self, SessionTokens, USER_CODE_ALPHABET, clean_user_agent};
 use crate::state::AppState;
 use crate::store::StoreError;
 
-/// An RFC 8628 device authorization response.
-#[derive(Clone, Serialize)]
-pub struct DeviceAuthorization {
-    /// Secret the CLI polls with.
-    pub device_code: String,
-    /// What the person types.
-    pub user_code: String,
-    /// The page to open.
-    pub verification_uri: String,
-    /// The page with the code filled in.
-    pub verification_uri_complete: String,
-    /// Seconds.
-    pub expires_in: u64,
-    /// Seconds between polls.
-    pub interval: u64,
-}
+pub use crate::wire::DeviceAuthorization;
 
 /// A fresh user code: eight characters of [`USER_CODE_ALPHABET`] as `XXXX-XXXX`.
 pub fn new_user_code() -> Result<String, OAuthError> {
@@ -165,12 +149,16 @@ pub async fn device_poll(
             // after `airlock step-up` from the CLI itself, with a code from the person's
             // authenticator.
             let session = people::new_session(state, &user, SessionKind::Cli, None, false);
-            let refresh =
-                people::random_token("airlock_refresh_").map_err(|_| OAuthError::Unavailable)?;
+            let refresh = people::random_token("airlock_refresh_").map_err(|_| OAuthError::Unavailable)?;
             let event = people::session_event("session.created", &user, &session, "device");
             match state
                 .store
-                .redeem_device_code(code.id, &session, &people::hash_of(state, "refresh", &refresh), event)
+                .redeem_device_code(
+                    code.id,
+                    &session,
+                    &people::hash_of(state, "refresh", &refresh),
+                    event,
+                )
                 .await
             {
                 Ok(()) => {}

@@ -108,13 +108,10 @@ pub(crate) async fn issue(state: &AppState, issue: Issue<'_>) -> Result<TokenRes
         grant: grant.map(|g| g.id.to_string()),
         sid,
     };
-    let signer = state
-        .keys
-        .signer(&env.key_set())
-        .ok_or_else(|| {
-            tracing::error!(env = env_name, "no signing key for the environment");
-            OAuthError::Unavailable
-        })?;
+    let signer = state.keys.signer(&env.key_set()).ok_or_else(|| {
+        tracing::error!(env = env_name, "no signing key for the environment");
+        OAuthError::Unavailable
+    })?;
     let access_token = token::sign(&signer, &claims).map_err(|e| {
         tracing::error!(error = ?e, "signing failed");
         OAuthError::Unavailable
@@ -141,12 +138,12 @@ pub(crate) async fn issue(state: &AppState, issue: Issue<'_>) -> Result<TokenRes
     tracing::info!(env = env_name, client_id = %claims.client_id, jti = %claims.jti, "token issued");
     Ok(TokenResponse {
         access_token,
-        token_type: "Bearer",
+        token_type: std::borrow::Cow::Borrowed(crate::wire::oauth::BEARER),
         expires_in: lifetime.as_secs(),
         scope: claims.scope,
         issued_token_type: match holder {
             Holder::Agent { .. } => None,
-            Holder::Person { .. } => Some(super::ACCESS_TOKEN_TYPE),
+            Holder::Person { .. } => Some(std::borrow::Cow::Borrowed(super::ACCESS_TOKEN_TYPE)),
         },
     })
 }

@@ -31,8 +31,8 @@ use serde::Serialize;
 
 use crate::config::EnvironmentSettings;
 use crate::domain::CLI_CLIENT_ID;
-use crate::people::SessionTokens;
 use crate::state::AppState;
+use crate::wire::SessionTokens;
 
 /// Longest client id or secret read from a request.
 pub const MAX_CREDENTIAL_LEN: usize = 256;
@@ -67,22 +67,6 @@ pub enum OAuthError {
     StepUpRequired(String),
 }
 
-/// A successful token response (RFC 6749 section 5.1). Deliberately not `Debug`.
-#[derive(Clone, Serialize)]
-pub struct TokenResponse {
-    /// The JWT.
-    pub access_token: String,
-    /// Always `Bearer`.
-    pub token_type: &'static str,
-    /// Seconds until expiry.
-    pub expires_in: u64,
-    /// Granted scopes, space-separated.
-    pub scope: String,
-    /// RFC 8693 section 2.2.1: present on token-exchange responses.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub issued_token_type: Option<&'static str>,
-}
-
 /// Client credentials as presented, by either method.
 pub struct ClientCredentials {
     /// As presented; untrusted.
@@ -91,17 +75,10 @@ pub struct ClientCredentials {
     pub client_secret: SecretString,
 }
 
-/// `subject_token_type` accepted by the token exchange.
-pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-/// `actor_token_type` naming a local process launched by `airlock exec`.
-pub const PROCESS_TOKEN_TYPE: &str = "urn:airlock:params:oauth:token-type:process";
-
-/// RFC 8693 grant type.
-pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-
-/// RFC 8628 grant type.
-pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+// The grant types and token types are part of the wire (the CLI posts them too).
+pub use crate::wire::oauth::{
+    ACCESS_TOKEN_TYPE, DEVICE_CODE_GRANT, PROCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, TokenResponse,
+};
 
 /// Which token endpoint a request came to; each offers exactly its own grants.
 #[derive(Debug, Clone, Copy)]

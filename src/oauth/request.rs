@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use secrecy::SecretString;
 
 use super::{ClientCredentials, MAX_CREDENTIAL_LEN, OAuthError};
+use crate::wire::oauth::{CLIENT_CREDENTIALS_GRANT, REFRESH_TOKEN_GRANT};
 
 /// Parameters we read; others are ignored as RFC 6749 section 3.2 requires.
 #[derive(Default)]
@@ -83,7 +84,7 @@ impl TokenRequest {
             return TokenRequest::Missing;
         };
         match grant_type.as_str() {
-            "client_credentials" => TokenRequest::ClientCredentials {
+            CLIENT_CREDENTIALS_GRANT => TokenRequest::ClientCredentials {
                 client: client_credentials(authorization, params.client_id, params.client_secret),
                 scope: params.scope,
             },
@@ -94,7 +95,7 @@ impl TokenRequest {
                 actor_token_type: params.actor_token_type,
                 scope: params.scope,
             },
-            "refresh_token" => TokenRequest::RefreshToken {
+            REFRESH_TOKEN_GRANT => TokenRequest::RefreshToken {
                 refresh_token: params.refresh_token,
             },
             super::DEVICE_CODE_GRANT => TokenRequest::DeviceCode {
@@ -108,9 +109,9 @@ impl TokenRequest {
     /// grant; `None` when no grant type was given.
     pub fn unsupported(&self) -> Option<OAuthError> {
         let name = match self {
-            TokenRequest::ClientCredentials { .. } => "client_credentials",
+            TokenRequest::ClientCredentials { .. } => CLIENT_CREDENTIALS_GRANT,
             TokenRequest::TokenExchange { .. } => super::TOKEN_EXCHANGE_GRANT,
-            TokenRequest::RefreshToken { .. } => "refresh_token",
+            TokenRequest::RefreshToken { .. } => REFRESH_TOKEN_GRANT,
             TokenRequest::DeviceCode { .. } => super::DEVICE_CODE_GRANT,
             TokenRequest::Unsupported(name) => name,
             TokenRequest::Missing => return None,
@@ -262,6 +263,85 @@ mod tests {
             client_credentials(Some(b"Basic \x80abc"), None, None),
             Err(OAuthError::InvalidClient)
         ));
-        assert!(matches!(client_credentials(Some(b"Bearer x"), None, None), Ok(None)));
+        assert!(matches!(
+            client_credentials(Some(b"Bearer x"), None, None),
+            Ok(None)
+        ));
+    }
+
+    /// The body a client sends for `form`, encoded as the CLI's HTTP client encodes it.
+    fn encoded(form: &crate::wire::TokenForm) -> Vec<u8> {
+        let request = reqwest::Client::new()
+            .post("http://airlock.invalid/oauth/token")
+            .form(form)
+            .build()
+            .expect("a form body");
+        request.body().and_then(|b| b.as_bytes()).expect("bytes").to_vec()
+    }
+
+    #[test]
+    fn every_form_of_the_wire_reads_back_as_its_grant() {
+        use crate::wire::TokenForm;
+        let exchange = TokenForm::TokenExchange {
+            client_id: "airlock-cli".into(),
+            subject_token: "a.b+c".into(),
+            subject_token_type: super::super::ACCESS_TOKEN_TYPE.into(),
+            scope: Some("db:read db:write".into()),
+            actor_token: Some("claude code".into()),
+            actor_token_type: Some(super::super::PROCESS_TOKEN_TYPE.into()),
+        };
+        let params = parse_params(&encoded(&exchange)).expect("parsed");
+        assert_eq!(params.client_id.as_deref(), Some("airlock-cli"));
+        match TokenRequest::new(params, None) {
+            TokenRequest::TokenExchange {
+                subject_token,
+                subject_token_type,
+                actor_token,
+                actor_token_type,
+                scope,
+            } => {
+                assert_eq!(subject_token.unwrap().expose_secret(), "a.b+c");
+                assert_eq!(
+                    subject_token_type.as_deref(),
+                    Some(super::super::ACCESS_TOKEN_TYPE)
+                );
+                assert_eq!(actor_token.as_deref(), Some("claude code"));
+                assert_eq!(
+                    actor_token_type.as_deref(),
+                    Some(super::super::PROCESS_TOKEN_TYPE)
+                );
+                assert_eq!(scope.as_deref(), Some("db:read db:write"));
+            }
+            _ => panic!("not an exchange"),
+        }
+        let refresh = TokenForm::RefreshToken {
+            client_id: "airlock-cli".into(),
+            refresh_token: "airlock_refresh_x".into(),
+        };
+        assert!(matches!(
+            TokenRequest::new(parse_params(&encoded(&refresh)).unwrap(), None),
+            TokenRequest::RefreshToken { refresh_token: Some(t) } if t.expose_secret() == "airlock_refresh_x"
+        ));
+        let device = TokenForm::DeviceCode {
+            client_id: "airlock-cli".into(),
+            device_code: "airlock_device_x".into(),
+        };
+        assert!(matches!(
+            TokenRequest::new(parse_params(&encoded(&device)).unwrap(), None),
+            TokenRequest::DeviceCode { device_code: Some(c) } if c.expose_secret() == "airlock_device_x"
+        ));
+        let agent = TokenForm::ClientCredentials { scope: None };
+        assert_eq!(encoded(&agent), b"grant_type=client_credentials");
+        let agent = TokenForm::ClientCredentials {
+            scope: Some("db:read db:write".into()),
+        };
+        assert_eq!(
+            encoded(&agent),
+            b"grant_type=client_credentials&scope=db%3Aread+db%3Awrite"
+        );
+        assert!(matches!(
+            TokenRequest::new(parse_params(&encoded(&agent)).unwrap(), None),
+            TokenRequest::ClientCredentials { scope: Some(s), client: Ok(None) } if s == "db:read db:write"
+        ));
     }
 }

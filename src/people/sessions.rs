@@ -6,7 +6,6 @@ use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::sign_in::{SignInError, SignedIn, unavailable};
@@ -17,22 +16,8 @@ use crate::state::AppState;
 use crate::store::StoreError;
 use crate::token::{self, SessionClaims};
 
-/// Tokens of a CLI session.
-#[derive(Clone, Serialize)]
-pub struct SessionTokens {
-    /// Session access token (for Airlock only).
-    pub access_token: String,
-    /// `Bearer`.
-    pub token_type: &'static str,
-    /// Seconds until the access token expires.
-    pub expires_in: u64,
-    /// Rotating refresh token.
-    pub refresh_token: String,
-    /// The session.
-    pub session_id: Uuid,
-    /// Whose.
-    pub username: String,
-}
+/// Tokens of a CLI session (their body is part of the wire).
+pub use crate::wire::SessionTokens;
 
 /// A random secret with a recognisable prefix (refresh tokens, device codes, cookies).
 pub(crate) fn random_token(prefix: &str) -> Result<String, SessionError> {
@@ -121,7 +106,7 @@ pub(crate) fn session_tokens(
     let (access_token, expires_in) = session_access_token(state, user, session)?;
     Ok(SessionTokens {
         access_token,
-        token_type: "Bearer",
+        token_type: std::borrow::Cow::Borrowed(crate::wire::oauth::BEARER),
         expires_in,
         refresh_token,
         session_id: session.id,

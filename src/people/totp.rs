@@ -3,13 +3,11 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::admin::ManageError;
 use super::sign_in::{
-    SignInError, audit_sign_in_failure, code_keys, count_attempt, release_attempt, totp_context,
-    verify_totp,
+    SignInError, audit_sign_in_failure, code_keys, count_attempt, release_attempt, totp_context, verify_totp,
 };
 use crate::auth::Authenticated;
 use crate::domain::{NewAuditEvent, Outcome, now};
@@ -39,14 +37,7 @@ pub async fn confirm_totp(
     release_attempt(state, &keys).await
 }
 
-/// A TOTP secret awaiting its first code.
-#[derive(Clone, Serialize)]
-pub struct TotpEnrolment {
-    /// Base32 secret, for typing into an app.
-    pub secret: String,
-    /// `otpauth://` URI (what the QR code holds).
-    pub otpauth_uri: String,
-}
+pub use crate::wire::TotpEnrolment;
 
 /// SECURITY: a pending secret is sealed under a context naming the session that
 /// started it, with its start time inside the sealed text, so only that session can
