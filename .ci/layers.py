@@ -8,7 +8,9 @@ module directory the same rule holds for its child modules where a ranking is gi
 below (SUBRANKS).
 
 It also fails on `sqlx::` outside src/store/, on `axum::` outside src/http/ and src/app.rs,
-and on `crate::store` or `crate::state` in the CLI's client side.
+and when a file under src/cli/client/ (the commands that talk HTTP) imports the store, the
+server's state, the assembly, the HTTP edge or a service: the client side knows the server
+only through `crate::wire`.
 
 Prints the import graph with `--graph`.
 """
@@ -34,7 +36,8 @@ RANKS = {
     'auth': 30, 'people': 31, 'agents': 32, 'escalations': 33, 'oauth': 34,
     # edges
     'http': 40, 'app': 50,
-    'client': 55, 'session_file': 56, 'cli': 60,
+    # the command line: cli/operator/ opens the store, cli/client/ talks HTTP
+    'cli': 60,
 }
 LAYER_NAMES = [(0, 'pure'), (10, 'infrastructure'), (20, 'state'), (30, 'services'),
                (40, 'edges'), (50, 'assembly and command line')]
@@ -46,7 +49,15 @@ SUBRANKS = {
     'people': {'sign_in': 0, 'admin': 1, 'totp': 2, 'sessions': 3, 'device': 4},
     'escalations': {'sweeper': 0, 'views': 1, 'grants': 2, 'requests': 3, 'decisions': 4},
     'auth': {'session': 0, 'bearer': 1},
+    # prompts are shared; an operator command may use a client helper, never the reverse
+    'cli': {'prompt': 0, 'client': 1, 'operator': 2},
 }
+
+# What src/cli/client/ may not import: anything that opens, holds or serves the server's
+# data. (Pure modules, `telemetry` and `wire` are fine.)
+CLIENT_FORBIDDEN = {'store', 'state', 'app', 'http', 'auth', 'people', 'agents',
+                    'escalations', 'oauth', 'keyring', 'password', 'refusals', 'throttle',
+                    'notify'}
 
 USE = re.compile(r'\bcrate::([a-z_][a-z0-9_]*)')
 SUPER = re.compile(r'\bsuper::([a-z_][a-z0-9_]*)')
@@ -111,6 +122,11 @@ def main():
                     graph.setdefault(top, set()).add(dep)
                     if RANKS[dep] >= RANKS[top]:
                         problems.append(f'src/{rel}:{n}: `{top}` imports `crate::{dep}`, which is not below it')
+                if top == 'cli' and child == 'client':
+                    for m in USE.finditer(line):
+                        if m.group(1) in CLIENT_FORBIDDEN:
+                            problems.append(f'src/{rel}:{n}: the CLI client side imports `crate::{m.group(1)}`; '
+                                            'client commands talk HTTP and know the server only through `crate::wire`')
                 if 'sqlx::' in line and top != 'store':
                     problems.append(f'src/{rel}:{n}: `sqlx::` outside src/store/')
                 if re.search(r'\baxum::', line) and top not in ('http', 'app'):

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use airlock::session_file;
+use airlock::cli::client::session_file;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

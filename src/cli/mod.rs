@@ -1,24 +1,27 @@
 //! The command line: one binary for the server and every client command.
 //!
+//! Two kinds of command, in two directories:
+//! - [`operator`]: commands that open the store on this machine (`serve`, `migrate`,
+//!   `config`, `audit`, `agent create|list|...`, `admin bootstrap`). Changes are audited
+//!   as `cli:<user>`; only `serve` and `migrate` migrate.
+//! - [`client`]: commands that talk to a running Airlock over HTTP through one typed
+//!   client (`login`, `token`, `exec`, `escalate`, `agent token|run`, ...). They never
+//!   import the store or the server's state (`.ci/layers.py` checks it).
+//!
 //! Commands that print data take `--json`; every failure exits non-zero with a message
-//! on standard error that says what to do. Commands that change state write audit
-//! events with actor `cli:<user>`.
+//! on standard error that says what to do.
 
-mod agent;
-mod audit;
-mod config;
-mod escalate;
-mod people;
-mod run;
-mod serve;
-mod stepup;
+pub mod client;
+pub mod operator;
+pub mod prompt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{LogFormat, Settings, Sources};
+use crate::config::LogFormat;
+use client::escalate;
 
 /// Airlock: short-lived, environment-scoped credentials with human sign-off.
 #[derive(Parser, Debug)]
@@ -42,22 +45,23 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the HTTP server.
-    Serve(serve::ServeArgs),
+    Serve(operator::serve::ServeArgs),
     /// Apply pending database migrations, then exit.
-    Migrate(serve::MigrateArgs),
+    Migrate(operator::serve::MigrateArgs),
     /// Exit 0 if the local server answers /healthz (for Docker HEALTHCHECK).
-    Healthcheck(serve::HealthArgs),
+    Healthcheck(operator::serve::HealthArgs),
     /// Check or show the configuration.
     #[command(subcommand)]
-    Config(config::ConfigCmd),
-    /// Manage agents and fetch their tokens.
+    Config(operator::config::ConfigCmd),
+    /// Manage agents in the store (create, list, show, disable, enable, rotate-secret),
+    /// or fetch an agent's tokens from a server (token, run).
     #[command(subcommand)]
-    Agent(agent::AgentCmd),
+    Agent(AgentCmd),
     /// Read and verify the audit trail.
     #[command(subcommand)]
-    Audit(audit::AuditCmd),
+    Audit(operator::audit::AuditCmd),
     /// Sign in from this terminal (browser device flow, or --password).
-    Login(people::LoginArgs),
+    Login(client::session::LoginArgs),
     /// End the session here and on the server.
     Logout,
     /// Show who you are signed in as.
@@ -67,9 +71,9 @@ pub enum Command {
         json: bool,
     },
     /// Print a short-lived token for an environment.
-    Token(people::TokenArgs),
+    Token(client::token::TokenArgs),
     /// Run a command with an environment token (never your session).
-    Exec(people::ExecArgs),
+    Exec(client::token::ExecArgs),
     /// Confirm a fresh TOTP code for this session (needed for admin changes).
     StepUp {
         /// Read the code from standard input.
@@ -78,13 +82,13 @@ pub enum Command {
     },
     /// Manage your TOTP authenticator.
     #[command(subcommand)]
-    Totp(people::TotpCmd),
-    /// Manage people (admin).
+    Totp(client::session::TotpCmd),
+    /// Manage people (admin, over the HTTP API with your session).
     #[command(subcommand)]
-    User(people::UserCmd),
+    User(client::users::UserCmd),
     /// Store-direct administration.
     #[command(subcommand)]
-    Admin(people::AdminCmd),
+    Admin(operator::admin::AdminCmd),
     /// Ask for production or destructive access; a human approver must say yes.
     ///
     /// Exit codes with --wait: 0 approved, 3 denied, 4 expired, 5 cancelled, 130 after
@@ -104,6 +108,26 @@ pub enum Command {
     Grants(escalate::GrantsCmd),
 }
 
+/// `airlock agent ...`: the store-direct management commands (operator), and an agent
+/// fetching its own tokens from a server (client).
+#[derive(Subcommand, Debug)]
+pub enum AgentCmd {
+    /// Register and manage agents in the store.
+    #[command(flatten)]
+    Manage(operator::agent::ManageCmd),
+    /// Fetch one token from a server and print it.
+    Token(client::agent::FetchArgs),
+    /// Fetch a token, start CMD with it, keep it fresh until CMD exits.
+    Run {
+        /// Connection and identity.
+        #[command(flatten)]
+        fetch: client::agent::FetchArgs,
+        /// The command to run, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+}
+
 /// Run the parsed command; the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -118,21 +142,23 @@ pub fn main(cli: Cli) -> ExitCode {
 
 async fn dispatch(cli: Cli) -> ExitCode {
     let result = match &cli.command {
-        Command::Serve(args) => serve::serve(&cli, args).await,
-        Command::Migrate(args) => serve::migrate(&cli, args).await,
-        Command::Healthcheck(args) => serve::healthcheck(&cli, args).await,
-        Command::Config(cmd) => config::run(&cli, cmd),
-        Command::Agent(cmd) => agent::run(&cli, cmd).await,
-        Command::Audit(cmd) => audit::run(&cli, cmd).await,
-        Command::Login(args) => people::login(args).await,
-        Command::Logout => people::logout().await,
-        Command::Whoami { json } => people::whoami(*json).await,
-        Command::Token(args) => people::token(args).await,
-        Command::Exec(args) => people::exec(args).await,
-        Command::Totp(cmd) => people::totp(cmd).await,
-        Command::StepUp { code_stdin } => stepup::step_up(*code_stdin).await,
-        Command::User(cmd) => people::user(cmd).await,
-        Command::Admin(cmd) => people::admin(&cli, cmd).await,
+        Command::Serve(args) => operator::serve::serve(&cli, args).await,
+        Command::Migrate(args) => operator::serve::migrate(&cli, args).await,
+        Command::Healthcheck(args) => operator::serve::healthcheck(&cli, args).await,
+        Command::Config(cmd) => operator::config::run(&cli, cmd),
+        Command::Agent(AgentCmd::Manage(cmd)) => operator::agent::run(&cli, cmd).await,
+        Command::Agent(AgentCmd::Token(args)) => client::agent::token(args).await,
+        Command::Agent(AgentCmd::Run { fetch, command }) => client::agent::run(fetch, command).await,
+        Command::Audit(cmd) => operator::audit::run(&cli, cmd).await,
+        Command::Admin(cmd) => operator::admin::run(&cli, cmd).await,
+        Command::Login(args) => client::session::login(args).await,
+        Command::Logout => client::session::logout().await,
+        Command::Whoami { json } => client::session::whoami(*json).await,
+        Command::StepUp { code_stdin } => client::session::step_up(*code_stdin).await,
+        Command::Totp(cmd) => client::session::totp(cmd).await,
+        Command::Token(args) => client::token::token(args).await,
+        Command::Exec(args) => client::token::exec(args).await,
+        Command::User(cmd) => client::users::user(cmd).await,
         Command::Escalate(args) => escalate::escalate(args).await,
         Command::Escalations(cmd) => escalate::escalations(cmd).await,
         Command::Approve(args) => escalate::approve(args).await,
@@ -147,51 +173,6 @@ async fn dispatch(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Load settings for commands that need them, applying `--database`.
-pub(crate) fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
-    for var in crate::config::unexpected_env_vars() {
-        eprintln!("warning: {var} is not an Airlock setting and is ignored (typo?)");
-    }
-    let mut settings = Settings::load(&Sources {
-        file: cli.config.clone(),
-        env: true,
-    })?;
-    if let Some(db) = &cli.database {
-        settings.database_url = db.clone();
-        settings.validate()?;
-    }
-    Ok(settings)
-}
-
-/// Start logging for commands that log.
-pub(crate) fn init_logs(cli: &Cli, settings: Option<&Settings>, default_filter: &str) {
-    let format = cli
-        .log_format
-        .or(settings.map(|s| s.log_format))
-        .unwrap_or(LogFormat::Pretty);
-    crate::telemetry::init(format, default_filter);
-}
-
-/// The audit actor for CLI commands: `cli:<login name>`.
-pub(crate) fn cli_actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::getuid())
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let user: String = user
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "-_.@".contains(*c))
-        .take(64)
-        .collect();
-    format!("cli:{user}")
 }
 
 /// Print JSON to standard output.

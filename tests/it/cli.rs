@@ -1138,6 +1138,60 @@ async fn a_malformed_master_key_is_refused_with_a_hint() {
     }
 }
 
+/// Only `serve` and `migrate` change the schema: every other operator command refuses a
+/// database that is behind, says to run `airlock migrate`, and leaves it as it was.
+#[tokio::test]
+async fn operator_commands_refuse_a_database_that_is_not_migrated() {
+    // Arrange: a fresh database and a master key.
+    let sb = Sandbox::new();
+    let db = format!("sqlite://{}/fresh.db", sb.path("data").display());
+    let key = another_master_key();
+    let airlock = |args: &[&str]| {
+        let mut cmd = sb.airlock();
+        cmd.env("AIRLOCK_MASTER_KEY", &key)
+            .args(["--database", db.as_str()])
+            .args(args);
+        cmd
+    };
+
+    // Act + Assert
+    for args in [
+        vec![
+            "agent", "create", "--env", "dev", "--name", "x", "--scope", "db:read",
+        ],
+        vec!["agent", "list"],
+        vec!["audit", "tail"],
+        vec!["audit", "verify"],
+    ] {
+        run_within(&mut airlock(&args), QUICKLY)
+            .await
+            .expect_code(1, &args.join(" "))
+            .stderr_has("airlock migrate", &args.join(" "))
+            .no_panic();
+    }
+    let mut bootstrap = airlock(&["admin", "bootstrap", "--username", "root", "--password-stdin"]);
+    bootstrap.stdin(Stdio::piped());
+    let mut child = bootstrap.spawn().expect("airlock starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"a long enough password\n")
+        .await
+        .expect("password");
+    drop(stdin);
+    let out = tokio::time::timeout(QUICKLY, child.wait_with_output())
+        .await
+        .expect("bootstrap finishes")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("airlock migrate"));
+    // Nothing was migrated meanwhile: `migrate` still has every migration to apply.
+    let out = run_within(&mut airlock(&["migrate", "--json"]), QUICKLY).await;
+    out.expect_success("migrate");
+    assert!(out.json()["applied"].as_u64().unwrap_or(0) > 0, "{}", out.stdout);
+    run_within(&mut airlock(&["agent", "list"]), QUICKLY)
+        .await
+        .expect_success("agent list once migrated");
+}
+
 async fn a_wrong_master_key_stops_serve_and_agent_commands(backend: Backend) {
     // Arrange: the app initialised the database with its own key.
     let Some(app) = spawn_app(backend).await else {

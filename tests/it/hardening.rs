@@ -40,6 +40,13 @@ async fn server_logs_never_contain_secrets_or_tokens_even_at_trace_level() {
             .kill_on_drop(true);
         c
     };
+    // Operator commands never migrate (only `serve` and `migrate` do): migrate first.
+    let migrated = airlock(&["migrate"]).output().await.unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
     let created = airlock(&[
         "agent", "create", "--env", "staging", "--name", "logbot", "--scope", "db:read", "--json",
     ])

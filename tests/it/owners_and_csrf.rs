@@ -251,7 +251,9 @@ async fn the_cli_records_the_owner_both_on_the_store_and_through_the_admin_api(b
     let line = out.stdout.lines().find(|l| l.contains("store-bot")).unwrap();
     assert!(line.contains("dave"), "{line}");
 
-    // Through the admin API, logged in as root with a code and stepped up.
+    // Logged in here as root (with a code) and stepped up: the agent commands still work
+    // on the store they are given, audited as the operating-system user, never through
+    // the session (issue 9: `airlock agent` has one path, and says which).
     let code = root.code().await;
     let out = t
         .run(
@@ -270,26 +272,61 @@ async fn the_cli_records_the_owner_both_on_the_store_and_through_the_admin_api(b
     let code = root.code().await;
     let out = t.run(&["step-up", "--code-stdin"], &format!("{code}\n")).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let out = t.run(&[&create[..], &["--name", "api-bot"]].concat(), "").await;
-    assert_ne!(out.code, 0, "{}", out.stdout);
-    assert!(out.stderr.contains("--owner"), "{}", out.stderr);
-    let out = t
-        .run(
-            &[&create[..], &["--name", "api-bot", "--owner", "dave", "--json"]].concat(),
-            "",
-        )
-        .await;
+    let out = store_path(&[&create[..], &["--name", "cli-bot", "--owner", "dave"]].concat()).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let created: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(created["owner"], "dave");
-    let out = t.run(&["agent", "show", "staging/api-bot"], "").await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("owner:       dave"), "{}", out.stdout);
-    let out = t.run(&["agent", "list"], "").await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let line = out.stdout.lines().find(|l| l.contains("api-bot")).unwrap();
-    assert!(line.contains("dave"), "{line}");
-    for name in ["store-bot", "api-bot"] {
+    let created = app
+        .audit_kinds()
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.event.kind == "agent.created")
+        .unwrap();
+    assert!(
+        created.event.actor.starts_with("cli:"),
+        "audited as the operator, not the session: {}",
+        created.event.actor
+    );
+
+    // Through the admin API (what a remote admin uses), signed in as root and stepped up.
+    let code = root.code().await;
+    let (status, session) = support::status_json(
+        app.client
+            .post(app.url("/v1/sessions"))
+            .json(&json!({ "username": "root", "password": people_cli::PASSWORD, "totp_code": code }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    root.token = session["access_token"].as_str().unwrap().to_string();
+    support::step_up(&app, &mut root).await;
+    let api_create = |owner: Option<&str>| {
+        let mut body = json!({ "name": "api-bot", "environment": "staging", "scopes": ["db:read"] });
+        if let Some(o) = owner {
+            body["owner"] = json!(o);
+        }
+        support::post(&app, "/v1/agents", &root.token, body)
+    };
+    let (status, body) = api_create(None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(message(&body).contains("--owner"), "{body}");
+    let (status, body) = api_create(Some("dave")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["owner"], "dave");
+    let client_id = body["client_id"].as_str().unwrap().to_string();
+    let (status, shown) = support::get(&app, &format!("/v1/agents/{client_id}"), &root.token).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["owner"], "dave");
+    let (_, list) = support::get(&app, "/v1/agents?env=staging", &root.token).await;
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "api-bot")
+        .expect("api-bot is listed");
+    assert_eq!(listed["owner"], "dave");
+    for name in ["store-bot", "cli-bot", "api-bot"] {
         let a = app.store().agent_by_name("staging", name).await.unwrap();
         assert_eq!(a.owner.as_deref(), Some("dave"), "{name}");
     }

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use super::{Cli, init_logs, load_settings, print_json};
-use crate::app::connect_options;
+use super::{init_logs, load_settings, open_store};
+use crate::cli::{Cli, print_json};
 use crate::domain::AuditRecord;
 
 /// Audit trail commands.
@@ -26,11 +26,12 @@ pub enum AuditCmd {
     },
 }
 
-pub(super) async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<ExitCode> {
+/// `airlock audit tail | verify` on the configured store.
+pub async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<ExitCode> {
     let settings = load_settings(cli)?;
     init_logs(cli, Some(&settings), "airlock=warn,sqlx=warn");
     // Read-only: never migrate or create keys from an audit command.
-    let store = crate::store::connect(&settings.database_url, &connect_options(&settings, false)).await?;
+    let store = open_store(&settings).await?;
     let code = match cmd {
         AuditCmd::Tail { lines, json } => {
             let records = store.audit_tail((*lines).min(100_000)).await?;

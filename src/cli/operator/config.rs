@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{Cli, load_settings, print_json};
+use super::load_settings;
+use crate::cli::{Cli, print_json};
 use crate::config::{ConfigError, Settings, Sources};
 
 /// Configuration commands.
@@ -25,7 +26,8 @@ pub enum ConfigCmd {
     },
 }
 
-pub(super) fn run(cli: &Cli, cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
+/// `airlock config check | show`.
+pub fn run(cli: &Cli, cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCmd::Check { file, json } => {
             let file = file.clone().or_else(|| cli.config.clone());

@@ -1,4 +1,5 @@
-//! `airlock agent run`: fetch a token, start the command with it, keep it fresh.
+//! What `airlock agent run` and `airlock exec` share: fetch a token, start the command
+//! with it, keep it fresh until the command exits.
 //!
 //! The child gets `AIRLOCK_TOKEN` (the first token), `AIRLOCK_TOKEN_FILE` (a 0600 file
 //! in a 0700 directory, rewritten atomically before each expiry) and `AIRLOCK_ENV`.
@@ -13,11 +14,11 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::time::{Instant, sleep_until};
 
-use super::agent::FetchArgs;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::client::{ClientError, FetchedToken};
+use super::api::{ClientError, FetchedToken};
+use super::session_file::NO_SESSION;
 
 /// When to refresh a token that lives `expires_in` seconds: at two thirds of its life.
 fn refresh_after(expires_in: u64) -> Duration {
@@ -27,16 +28,6 @@ fn refresh_after(expires_in: u64) -> Duration {
 /// Something that fetches a fresh token: a client-credentials client or a session exchange.
 pub(super) type Fetch =
     Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<FetchedToken, ClientError>> + Send>> + Send>;
-
-pub(super) async fn run(args: &FetchArgs, command: &[String]) -> anyhow::Result<ExitCode> {
-    crate::telemetry::init(crate::config::LogFormat::Pretty, "airlock=info");
-    let client = std::sync::Arc::new(args.client()?);
-    let fetch: Fetch = Box::new(move || {
-        let c = client.clone();
-        Box::pin(async move { c.fetch().await })
-    });
-    run_with(&args.env, command, fetch).await
-}
 
 /// Start `command` with a token from `fetch` and keep it fresh until it exits.
 pub(super) async fn run_with(env: &str, command: &[String], mut fetch: Fetch) -> anyhow::Result<ExitCode> {
@@ -67,7 +58,7 @@ pub(super) async fn run_with(env: &str, command: &[String], mut fetch: Fetch) ->
         .env("AIRLOCK_TOKEN", first.access_token.expose_secret())
         .env("AIRLOCK_TOKEN_FILE", &token_file)
         .env("AIRLOCK_ENV", env)
-        .env("AIRLOCK_SESSION_FILE", crate::session_file::NO_SESSION);
+        .env("AIRLOCK_SESSION_FILE", NO_SESSION);
     let mut child = child
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", command[0]))?;

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{Cli, init_logs, load_settings};
+use super::{init_logs, load_settings};
 use crate::app::{App, connect_options, shutdown_signal};
+use crate::cli::{Cli, print_json};
 use crate::telemetry::DEFAULT_FILTER;
 
 /// Arguments of `airlock serve`.
@@ -33,7 +34,8 @@ pub struct HealthArgs {
     url: Option<String>,
 }
 
-pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+/// `airlock serve`: migrate, then serve until SIGTERM or SIGINT.
+pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let mut settings = load_settings(cli)?;
     if let Some(listen) = &args.listen {
         settings.listen = listen.clone();
@@ -57,13 +59,14 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn migrate(cli: &Cli, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+/// `airlock migrate`: apply pending migrations, then exit.
+pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let settings = load_settings(cli)?;
     init_logs(cli, Some(&settings), "airlock=warn,sqlx=warn");
     let store = crate::store::connect(&settings.database_url, &connect_options(&settings, false)).await?;
     let applied = store.migrate().await.context("migration failed")?;
     if args.json {
-        super::print_json(&serde_json::json!({ "applied": applied, "current": true }));
+        print_json(&serde_json::json!({ "applied": applied, "current": true }));
     } else {
         println!("migrations applied: {applied}; schema is current");
     }
@@ -71,7 +74,8 @@ pub(super) async fn migrate(cli: &Cli, args: &MigrateArgs) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn healthcheck(cli: &Cli, args: &HealthArgs) -> anyhow::Result<ExitCode> {
+/// `airlock healthcheck`: exit 0 when `/healthz` answers.
+pub async fn healthcheck(cli: &Cli, args: &HealthArgs) -> anyhow::Result<ExitCode> {
     let base = match &args.url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => format!("http://{}", load_settings(cli)?.listen),
@@ -88,7 +92,7 @@ pub(super) async fn healthcheck(cli: &Cli, args: &HealthArgs) -> anyhow::Result<
         Err(e) => {
             eprintln!(
                 "unhealthy: cannot reach {base}: {}",
-                crate::client::network_error(e)
+                crate::cli::client::network_error(e)
             );
             Ok(ExitCode::FAILURE)
         }
