@@ -37,8 +37,9 @@ pub fn truncate_micros(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(nanos - nanos % 1000).unwrap_or(t)
 }
 
-/// A machine identity bound to one environment for its whole life (invariant 2).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A machine identity bound to one environment for its whole life (invariant 2). How it
+/// looks on the wire is `crate::wire::Agent` (never with its secret's hash).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Agent {
     /// Internal id.
     pub id: Uuid,
@@ -55,21 +56,16 @@ pub struct Agent {
     /// A disabled agent authenticates nowhere.
     pub disabled: bool,
     /// Creation time.
-    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Last change.
-    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     /// The person who answers for this agent, fixed at registration. They sponsor its
     /// escalation requests, so their approval never counts toward them. `None` only for
     /// agents registered before any person existed (or before owners were recorded).
-    #[serde(default)]
     pub owner_id: Option<Uuid>,
     /// The owner's username, as of reading.
-    #[serde(default)]
     pub owner: Option<String>,
-    /// Keyed hash of the secret; never serialised.
-    #[serde(skip)]
+    /// Keyed hash of the secret.
     pub secret_hash: Vec<u8>,
 }
 
@@ -270,34 +266,28 @@ mod tests {
     }
 }
 
-/// A person who signs in.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A person who signs in. How they look on the wire is `crate::wire::User`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct User {
     /// Internal id; the `sub` of their tokens.
     pub id: Uuid,
     /// Sign-in name, unique, lowercase.
     pub username: String,
-    /// Argon2id PHC string; never serialised.
-    #[serde(skip)]
+    /// Argon2id PHC string.
     pub password_hash: String,
     /// Role names from the configuration.
     pub roles: Vec<String>,
-    /// Active TOTP secret, sealed under the master key; never serialised.
-    #[serde(skip)]
+    /// Active TOTP secret, sealed under the master key.
     pub totp_sealed: Option<Vec<u8>>,
-    /// TOTP secret awaiting its first code; never serialised.
-    #[serde(skip)]
+    /// TOTP secret awaiting its first code.
     pub totp_pending_sealed: Option<Vec<u8>>,
     /// Last TOTP time step used (replay protection).
-    #[serde(skip)]
     pub totp_last_step: Option<i64>,
     /// A disabled person signs in nowhere and their sessions are ended.
     pub disabled: bool,
     /// Creation time.
-    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Last change.
-    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
 
