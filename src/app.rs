@@ -14,10 +14,10 @@ use tokio::net::TcpListener;
 
 use crate::config::{Mode, Settings};
 use crate::domain::KeySet;
-use crate::secrets::MasterKey;
-use crate::store::{self, ConnectOptions};
 use crate::keyring::KeyRing;
+use crate::secrets::MasterKey;
 pub use crate::state::AppState;
+use crate::store::{self, ConnectOptions};
 
 /// Connection options from settings.
 pub fn connect_options(settings: &Settings, migrate: bool) -> ConnectOptions {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::keyring::KeyRing;
 use crate::secrets::{MasterKey, SecretHasher};
 use crate::store::Store;
-use crate::keyring::KeyRing;
 
 /// Everything a request handler or CLI command needs. Cheap to clone.
 #[derive(Clone)]

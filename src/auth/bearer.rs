@@ -147,9 +147,16 @@ pub fn verify_env_token(state: &AppState, token: &str) -> Option<AccessClaims> {
     let at = state.now().unix_timestamp();
     state.settings.environments.values().find_map(|env| {
         let jwks = state.keys.jwks(&env.key_set())?;
-        token::verify(token, &jwks, &env.issuer(&state.settings.public_url), &env.audience, at, 0)
-            .ok()
-            .filter(|c| c.env == env.name)
+        token::verify(
+            token,
+            &jwks,
+            &env.issuer(&state.settings.public_url),
+            &env.audience,
+            at,
+            0,
+        )
+        .ok()
+        .filter(|c| c.env == env.name)
     })
 }
 

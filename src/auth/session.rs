@@ -62,8 +62,13 @@ pub async fn authenticate_session(state: &AppState, bearer: &str) -> Result<Auth
         .keys
         .jwks(&KeySet::Session)
         .ok_or(SessionError::Unavailable)?;
-    let claims = token::verify_session(bearer, &jwks, &state.settings.public_url, state.now().unix_timestamp())
-        .map_err(|_| SessionError::Invalid)?;
+    let claims = token::verify_session(
+        bearer,
+        &jwks,
+        &state.settings.public_url,
+        state.now().unix_timestamp(),
+    )
+    .map_err(|_| SessionError::Invalid)?;
     let sid = Uuid::parse_str(&claims.sid).map_err(|_| SessionError::Invalid)?;
     let uid = Uuid::parse_str(&claims.sub).map_err(|_| SessionError::Invalid)?;
     let (session, user) = load(state, sid, uid).await?;

@@ -152,7 +152,6 @@ pub async fn approve(
     }
 }
 
-
 /// `POST /v1/escalations/{id}/deny`: one eligible approver's "no" ends the request.
 pub async fn deny(
     state: &AppState,

@@ -48,7 +48,11 @@ pub async fn revoke_grant(
         .env(g.environment.clone())
         .subject(g.id.to_string())
         .detail("escalation", g.escalation_id.to_string());
-    let g = match state.store.revoke_grant(id, &actor, &reason, state.now(), event).await {
+    let g = match state
+        .store
+        .revoke_grant(id, &actor, &reason, state.now(), event)
+        .await
+    {
         Ok(g) => g,
         Err(StoreError::Conflict) => {
             return Err(EscalationError::Conflict(format!(
@@ -85,4 +89,3 @@ pub async fn covering_grant(
         .await?;
     Ok(rules::covering_grant(&grants, holder, env, needed, actor, at).cloned())
 }
-

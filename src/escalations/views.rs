@@ -8,10 +8,7 @@ use uuid::Uuid;
 use super::sweeper::sweep;
 use super::{EscalationError, MAX_LIST, MAX_WAIT, WAIT_POLL, store_err};
 use crate::auth::{AgentKind, AgentPrincipal, Principal, effective_roles};
-use crate::domain::{
-    Escalation, EscalationEvent, EscalationState, Grant, agent_holder, now,
-    person_holder,
-};
+use crate::domain::{Escalation, EscalationEvent, EscalationState, Grant, agent_holder, now, person_holder};
 use crate::policy::escalation as rules;
 use crate::state::AppState;
 use crate::store::{EscalationFilter, GrantFilter};
@@ -80,7 +77,11 @@ pub(super) async fn grant_view(state: &AppState, grant: Grant) -> GrantView {
     }
 }
 
-pub(super) async fn view(state: &AppState, e: Escalation, capped: bool) -> Result<EscalationView, EscalationError> {
+pub(super) async fn view(
+    state: &AppState,
+    e: Escalation,
+    capped: bool,
+) -> Result<EscalationView, EscalationError> {
     let grant = match state.store.grant_of_escalation(e.id).await.map_err(store_err)? {
         Some(g) => Some(grant_view(state, g).await),
         None => None,

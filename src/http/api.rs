@@ -17,9 +17,9 @@ use super::error::ApiError;
 use super::extract::{AppJson, Caller};
 use crate::agents::{self, NewAgent};
 use crate::auth;
-use crate::state::AppState;
 use crate::domain::{Agent, User};
 use crate::people;
+use crate::state::AppState;
 
 /// The OpenAPI description of every route.
 pub const OPENAPI: &str = include_str!("openapi.json");

@@ -10,9 +10,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::state::AppState;
 use super::extract::EnvPath;
 use crate::oauth::OAuthError;
+use crate::state::AppState;
 
 /// Discovery routes.
 pub fn router() -> Router<AppState> {

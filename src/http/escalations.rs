@@ -18,10 +18,10 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{AnyCaller, AppJson, AppQuery};
-use crate::state::AppState;
-use crate::domain::{NewAuditEvent, Outcome};
 use crate::auth::Principal;
+use crate::domain::{NewAuditEvent, Outcome};
 use crate::escalations::{self as esc, NewRequest};
+use crate::state::AppState;
 
 /// Routes.
 pub fn router() -> Router<AppState> {

@@ -13,9 +13,9 @@ use axum::{Extension, Json, Router};
 use serde_json::json;
 
 use super::tokens::{no_store_json, read_form_body};
-use crate::state::AppState;
 use crate::domain::KeySet;
 use crate::oauth::{self, DEVICE_CODE_GRANT, Endpoint, OAuthError, parse_params};
+use crate::state::AppState;
 
 /// Routes.
 pub fn router() -> Router<AppState> {
@@ -79,7 +79,9 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         Ok(b) => b,
         Err(r) => return r,
     };
-    let authorization = headers.get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes());
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
     match oauth::dispatch(&state, Endpoint::People, None, &bytes, authorization).await {
         Ok(issued) => no_store_json(issued),
         Err(e) => e.into_response(),

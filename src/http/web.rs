@@ -37,10 +37,10 @@ use secrecy::SecretString;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::state::AppState;
 use crate::auth::{self, Authenticated, SessionError};
-use crate::throttle;
 use crate::people::{self, DeviceError, ManageError, SignInError};
+use crate::state::AppState;
+use crate::throttle;
 
 mod approvals;
 

@@ -165,12 +165,16 @@ pub async fn device_poll(
             // after `airlock step-up` from the CLI itself, with a code from the person's
             // authenticator.
             let session = people::new_session(state, &user, SessionKind::Cli, None, false);
-            let refresh =
-                people::random_token("airlock_refresh_").map_err(|_| OAuthError::Unavailable)?;
+            let refresh = people::random_token("airlock_refresh_").map_err(|_| OAuthError::Unavailable)?;
             let event = people::session_event("session.created", &user, &session, "device");
             match state
                 .store
-                .redeem_device_code(code.id, &session, &people::hash_of(state, "refresh", &refresh), event)
+                .redeem_device_code(
+                    code.id,
+                    &session,
+                    &people::hash_of(state, "refresh", &refresh),
+                    event,
+                )
                 .await
             {
                 Ok(()) => {}

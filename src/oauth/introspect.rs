@@ -23,10 +23,7 @@ pub async fn introspect(
     let env_name = env.name.as_str();
     authenticate_client(state, peer, env_name, &creds).await?;
     let inactive = serde_json::json!({ "active": false });
-    let Some(jwks) = state
-        .keys
-        .jwks(&env.key_set())
-    else {
+    let Some(jwks) = state.keys.jwks(&env.key_set()) else {
         return Err(OAuthError::Unavailable);
     };
     let Ok(claims) = token::verify(

@@ -108,13 +108,10 @@ pub(crate) async fn issue(state: &AppState, issue: Issue<'_>) -> Result<TokenRes
         grant: grant.map(|g| g.id.to_string()),
         sid,
     };
-    let signer = state
-        .keys
-        .signer(&env.key_set())
-        .ok_or_else(|| {
-            tracing::error!(env = env_name, "no signing key for the environment");
-            OAuthError::Unavailable
-        })?;
+    let signer = state.keys.signer(&env.key_set()).ok_or_else(|| {
+        tracing::error!(env = env_name, "no signing key for the environment");
+        OAuthError::Unavailable
+    })?;
     let access_token = token::sign(&signer, &claims).map_err(|e| {
         tracing::error!(error = ?e, "signing failed");
         OAuthError::Unavailable

@@ -262,6 +262,9 @@ mod tests {
             client_credentials(Some(b"Basic \x80abc"), None, None),
             Err(OAuthError::InvalidClient)
         ));
-        assert!(matches!(client_credentials(Some(b"Bearer x"), None, None), Ok(None)));
+        assert!(matches!(
+            client_credentials(Some(b"Bearer x"), None, None),
+            Ok(None)
+        ));
     }
 }

@@ -8,8 +8,7 @@ use uuid::Uuid;
 
 use super::admin::ManageError;
 use super::sign_in::{
-    SignInError, audit_sign_in_failure, code_keys, count_attempt, release_attempt, totp_context,
-    verify_totp,
+    SignInError, audit_sign_in_failure, code_keys, count_attempt, release_attempt, totp_context, verify_totp,
 };
 use crate::auth::Authenticated;
 use crate::domain::{NewAuditEvent, Outcome};

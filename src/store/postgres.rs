@@ -8,8 +8,8 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
-use super::escalations::impl_escalation_store;
 use super::escalations::grants::impl_grant_store;
+use super::escalations::impl_escalation_store;
 use super::people::devices::impl_sign_in_store;
 use super::people::impl_people_store;
 use super::sql::impl_sql_store;

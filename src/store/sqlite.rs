@@ -8,8 +8,8 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Pool, Sqlite};
 
-use super::escalations::impl_escalation_store;
 use super::escalations::grants::impl_grant_store;
+use super::escalations::impl_escalation_store;
 use super::people::devices::impl_sign_in_store;
 use super::people::impl_people_store;
 use super::sql::impl_sql_store;

@@ -802,7 +802,13 @@ impl World {
             .ok_or_else(|| format!("{what}: unknown env"))?;
         // Key isolation, as claims: issuer and audience are the token's environment's.
         ensure!(c["aud"] == env.audience.as_str(), "{what}: audience");
-        ensure!(c["iss"] == settings.environments[env_name].issuer(&settings.public_url).as_str(), "{what}: issuer");
+        ensure!(
+            c["iss"]
+                == settings.environments[env_name]
+                    .issuer(&settings.public_url)
+                    .as_str(),
+            "{what}: issuer"
+        );
         let iat = c["iat"].as_i64().unwrap();
         let exp = c["exp"].as_i64().unwrap();
         // Property 2: max_ttl.

@@ -31,13 +31,13 @@ use super::{
     document, escape, forbidden_page, read_form, refuse_cross_site, see_other, session_csrf_ok, signed_in_or,
     tokens_match, unavailable_page,
 };
-use crate::state::AppState;
+use crate::auth::{self, Authenticated, Principal};
 use crate::config::Tier;
 use crate::domain::{Escalation, EscalationEvent, EscalationState, RequesterKind, now};
-use crate::auth::{self, Authenticated, Principal};
 use crate::escalations::{self as esc, EscalationError, EscalationView, ListQuery};
 use crate::people::SignInError;
 use crate::policy::escalation::{self as rules, ApprovalRefusal};
+use crate::state::AppState;
 
 /// How many decided requests the page lists under the pending ones.
 const RECENT: usize = 10;

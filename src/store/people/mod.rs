@@ -108,7 +108,6 @@ pub trait PeopleStore: Send + Sync {
         rotated: NewAuditEvent,
         reused: NewAuditEvent,
     ) -> StoreResult<RefreshOutcome>;
-
 }
 
 #[derive(sqlx::FromRow)]
