@@ -83,7 +83,7 @@ pub async fn authenticate_web(state: &AppState, cookie: &str) -> Result<Authenti
     }
     let session = match state
         .store
-        .session_by_secret(&state.hasher.hash("web", cookie).to_vec())
+        .session_by_secret(state.hasher.hash("web", cookie).as_ref())
         .await
     {
         Ok(s) => s,
