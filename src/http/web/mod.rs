@@ -43,7 +43,7 @@ use crate::people::{self, Authenticated, DeviceError, ManageError, SessionError,
 mod approvals;
 
 /// The only stylesheet (the CSP forbids inline styles).
-const STYLESHEET: &str = include_str!("web/airlock.css");
+const STYLESHEET: &str = include_str!("airlock.css");
 
 /// Content-Security-Policy of every page: no script at all.
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
