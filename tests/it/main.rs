@@ -24,4 +24,5 @@ mod person_hardening;
 mod session_cli;
 mod stepup;
 mod tokens;
+mod web_escaping;
 mod webhooks;
