@@ -296,15 +296,7 @@ impl Out {
 /// Run to completion within `limit`.
 pub async fn run_within(cmd: &mut Command, limit: Duration) -> Out {
     let child = cmd.spawn().expect("airlock starts");
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("airlock still running after {limit:?}: {cmd:?}"))
-        .expect("airlock output");
-    Out::new(
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    wait_with_output(child, limit, cmd).await
 }
 
 /// Run to completion within [`DEADLINE`].
@@ -319,9 +311,14 @@ pub async fn run_with_input(mut cmd: Command, stdin: &str) -> Out {
     let mut input = child.stdin.take().expect("stdin");
     input.write_all(stdin.as_bytes()).await.expect("write stdin");
     drop(input);
-    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+    wait_with_output(child, DEADLINE, &cmd).await
+}
+
+/// The output of `child` (started by `cmd`) once it ends, which must be within `limit`.
+async fn wait_with_output(child: tokio::process::Child, limit: Duration, cmd: &Command) -> Out {
+    let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("airlock still running after {DEADLINE:?}: {cmd:?}"))
+        .unwrap_or_else(|_| panic!("airlock still running after {limit:?}: {cmd:?}"))
         .expect("airlock output");
     Out::new(
         out.status,

@@ -148,21 +148,7 @@ async fn the_cli_records_the_owner_both_on_the_store_and_through_the_admin_api(b
     assert!(line.contains("dave"), "{line}");
 
     // Through the admin API, logged in as root with a code and stepped up.
-    let code = root.code().await;
-    let out = t
-        .run(
-            &[
-                "login",
-                "--password",
-                "--username",
-                "root",
-                "--password-stdin",
-                "--code-stdin",
-            ],
-            &format!("{}\n{code}\n", support::PASSWORD),
-        )
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    t.login_with_code(&mut root).await;
     let code = root.code().await;
     let out = t.run(&["step-up", "--code-stdin"], &format!("{code}\n")).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
