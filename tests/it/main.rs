@@ -25,3 +25,4 @@ mod session_cli;
 mod stepup;
 mod tokens;
 mod webhooks;
+mod wire_snapshot;
