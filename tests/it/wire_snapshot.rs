@@ -62,6 +62,9 @@ const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// The `User-Agent` of the terminal in the device flow.
 const TERMINAL: &str = "wire-test/1.0";
 
+/// An escalation that does not exist.
+const UNKNOWN_ESCALATION: &str = "/v1/escalations/00000000-0000-4000-8000-000000000000";
+
 /// Headers that describe the connection or the moment, not the answer.
 const TRANSPORT_HEADERS: &[&str] = &["date", "content-length", "transfer-encoding", "connection", "keep-alive"];
 
@@ -209,7 +212,7 @@ struct Wire<'a> {
     app: &'a TestApp,
     raws: Vec<Raw>,
     labels: HashSet<String>,
-    volatile: Vec<(&'static str, String)>,
+    named: Vec<(String, String)>,
 }
 
 impl<'a> Wire<'a> {
@@ -218,7 +221,7 @@ impl<'a> Wire<'a> {
             app,
             raws: Vec::new(),
             labels: HashSet::new(),
-            volatile: Vec::new(),
+            named: Vec::new(),
         }
     }
 
@@ -273,16 +276,16 @@ impl<'a> Wire<'a> {
         (Reply { status, headers, text }, body)
     }
 
-    /// A value the script knows to be volatile, wherever it appears.
-    fn volatile(&mut self, kind: &'static str, value: &str) {
-        self.volatile.push((kind, value.to_string()));
+    /// Show `value` as `placeholder` wherever it appears in the record.
+    fn name(&mut self, value: &str, placeholder: &str) {
+        self.named.push((value.to_string(), placeholder.to_string()));
     }
 
     /// The whole record.
     fn render(&self) -> String {
         let mut namer = Namer::new(&self.app.base);
-        for (kind, value) in &self.volatile {
-            namer.register(kind, value);
+        for (value, placeholder) in &self.named {
+            namer.fix(value, placeholder);
         }
         for raw in self.raws.iter().filter(|r| r.record != Record::OpenApi) {
             if let Ok(v) = serde_json::from_slice::<Value>(&raw.body) {
@@ -291,10 +294,12 @@ impl<'a> Wire<'a> {
         }
         let mut out = String::from(
             "# Airlock's wire, as recorded by tests/it/wire_snapshot.rs (one block per exchange).\n\
-             # Placeholders stand for values that differ on every run; <name:N> is the N-th distinct one.\n\
+             # Placeholders stand for values that differ on every run: <kind:name> names one of the script's\n\
+             # cast everywhere; <kind:N> is the N-th distinct value of that kind within one exchange.\n\
              # Regenerate with AIRLOCK_WIRE_UPDATE=1 after an intended change, and review the diff.\n\n",
         );
         for raw in &self.raws {
+            namer.next_exchange();
             out.push_str(&block(raw, &mut namer));
         }
         out
@@ -319,7 +324,7 @@ fn block(raw: &Raw, namer: &mut Namer) -> String {
     for (name, value) in headers {
         let shown = match name.as_str() {
             "set-cookie" => cookie(value, namer),
-            "x-request-id" if value.len() == 36 => "<request-id>".to_string(),
+            "x-request-id" if uuid::Uuid::parse_str(value).is_ok() => "<request-id>".to_string(),
             "retry-after" if raw.record == Record::VolatileWait => {
                 text = text.replace(&format!(" in {value} second"), " in <wait> second");
                 "<wait>".to_string()
@@ -364,15 +369,20 @@ fn block(raw: &Raw, namer: &mut Namer) -> String {
     out
 }
 
-/// A `Set-Cookie` value with its value hidden and its attributes kept.
+/// A `Set-Cookie` value with its value hidden and its attributes kept, in a fixed order
+/// (their order carries no meaning, RFC 6265 section 5.2).
 fn cookie(v: &str, namer: &mut Namer) -> String {
-    let (pair, attrs) = v.split_once(';').map_or((v, None), |(p, a)| (p, Some(a)));
+    let mut parts = v.split(';').map(str::trim);
+    let pair = parts.next().unwrap_or_default();
     let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-    let shown = if value.is_empty() { "" } else { "<cookie>" };
-    match attrs {
-        Some(a) => format!("{name}={shown};{}", namer.text(a)),
-        None => format!("{name}={shown}"),
+    let mut attrs: Vec<String> = parts.filter(|a| !a.is_empty()).map(|a| namer.text(a)).collect();
+    attrs.sort_by_key(|a| a.to_ascii_lowercase());
+    let mut out = format!("{name}={}", if value.is_empty() { "" } else { "<cookie>" });
+    for a in attrs {
+        out.push_str("; ");
+        out.push_str(&a);
     }
+    out
 }
 
 /// `METHOD /path` of every operation an OpenAPI document lists, sorted.
@@ -681,6 +691,11 @@ fn escalation(env: &str, scopes: &[&str], duration: &str, reason: &str) -> Value
     json!({ "environment": env, "scopes": scopes, "duration": duration, "reason": reason })
 }
 
+/// The session id in a session access token.
+fn sid(token: &str) -> String {
+    support::claims(token)["sid"].as_str().expect("a session token").to_string()
+}
+
 /// A body larger than any limit.
 fn oversized(n: usize) -> String {
     "a".repeat(n)
@@ -748,9 +763,17 @@ impl<'a> Script<'a> {
         }
         let (blake_secret, step) = app.enrol_totp("blake", PASSWORD).await;
         let mut w = Wire::new(app);
-        for agent in [&ci_dev, &ci_staging, &ci_prod, &rs_dev, &flood] {
-            w.volatile("agent-secret", secret(agent));
+        for (agent, name) in [
+            (&ci_dev, "dev/ci"),
+            (&ci_staging, "staging/ci"),
+            (&ci_prod, "prod/ci"),
+            (&rs_dev, "dev/rs"),
+            (&flood, "dev/flood"),
+        ] {
+            w.name(secret(agent), &format!("<agent-secret:{name}>"));
         }
+        w.name(&sid(&root.token), "<session:root>");
+        w.name(&sid(&avery.token), "<session:avery>");
         Script {
             app,
             w,
@@ -795,6 +818,7 @@ impl<'a> Script<'a> {
         self.sessions().await;
         self.totp_self_service().await;
         self.admin().await;
+        self.json_bodies().await;
         self.token_exchange().await;
         self.device_flow().await;
         self.web_pages().await;
@@ -803,6 +827,40 @@ impl<'a> Script<'a> {
         self.grants_and_introspection().await;
         self.creation_rate().await;
         self.sign_in_throttle().await;
+        self.name_the_cast().await;
+    }
+
+    /// Names for the identifiers of everyone and everything the script created.
+    async fn name_the_cast(&mut self) {
+        let app = self.app;
+        for username in ["root", "avery", "blake", "dana", "casey", "rookie", "drew", "erin"] {
+            let user = airlock::people::find_user(&app.state, username)
+                .await
+                .expect("a person of the cast");
+            self.w.name(&user.id.to_string(), &format!("<user-id:{username}>"));
+        }
+        for agent in app.store().agents(None).await.expect("agents") {
+            let name = format!("{}/{}", agent.environment, agent.name);
+            self.w.name(&agent.id.to_string(), &format!("<agent-id:{name}>"));
+            self.w.name(&agent.client_id, &format!("<client-id:{name}>"));
+        }
+        let all = self
+            .w
+            .quiet(bearer_get(app, "/v1/escalations?limit=200", &self.root))
+            .await
+            .expect(200, "every request");
+        for e in all.json()["escalations"].as_array().expect("requests") {
+            let reason = e["reason"].as_str().expect("a reason");
+            let name = match reason.split_once(" (TICKET") {
+                Some((head, _)) if reason.starts_with('E') => head.split(' ').next().unwrap_or(head),
+                Some((head, _)) => head,
+                None => reason,
+            };
+            self.w.name(e["id"].as_str().expect("an id"), &format!("<escalation:{name}>"));
+            if let Some(grant) = e["grant"]["id"].as_str() {
+                self.w.name(grant, &format!("<grant:{name}>"));
+            }
+        }
     }
 
     /// Health, discovery, key sets, the OpenAPI document and the stylesheet.
@@ -823,13 +881,21 @@ impl<'a> Script<'a> {
             get(app, "/.well-known/oauth-authorization-server/envs/nope"),
         )
         .await;
+        let name_keys = |w: &mut Wire<'_>, set: &str, jwks: Value| {
+            for key in jwks["keys"].as_array().expect("keys") {
+                w.name(key["kid"].as_str().expect("kid"), &format!("<kid:{set}>"));
+                w.name(key["x"].as_str().expect("x"), &format!("<public-key:{set}>"));
+            }
+        };
         for env in ["dev", "staging", "prod"] {
             let path = format!("/envs/{env}/jwks.json");
-            w.send(&format!("keys: {env} JWKS"), get(app, &path)).await;
+            let r = w.send(&format!("keys: {env} JWKS"), get(app, &path)).await;
+            name_keys(w, env, r.json());
         }
         w.send("keys: JWKS of an unknown environment", get(app, "/envs/nope/jwks.json"))
             .await;
-        w.send("keys: session JWKS", get(app, "/oauth/jwks.json")).await;
+        let r = w.send("keys: session JWKS", get(app, "/oauth/jwks.json")).await;
+        name_keys(w, "session", r.json());
         w.send_as("openapi: the served document", get(app, "/v1/openapi.json"), Record::OpenApi)
             .await;
         w.send("web: stylesheet", get(app, "/static/airlock.css")).await;
@@ -882,6 +948,40 @@ impl<'a> Script<'a> {
         .await;
         w.send("control character: in a page query", get(app, "/device?user_code=%07"))
             .await;
+        // Every route that needs a caller, asked without one (and with an empty JSON body
+        // where it takes one): which check answers first is part of the wire.
+        for (method, path) in [
+            (Method::GET, "/v1/me"),
+            (Method::POST, "/v1/me/step-up"),
+            (Method::POST, "/v1/me/totp"),
+            (Method::POST, "/v1/me/totp/activate"),
+            (Method::DELETE, "/v1/sessions/current"),
+            (Method::GET, "/v1/users"),
+            (Method::POST, "/v1/users"),
+            (Method::GET, "/v1/users/erin"),
+            (Method::POST, "/v1/users/erin/disable"),
+            (Method::POST, "/v1/users/erin/enable"),
+            (Method::POST, "/v1/users/erin/reset"),
+            (Method::GET, "/v1/agents"),
+            (Method::POST, "/v1/agents"),
+            (Method::GET, "/v1/agents/dev%2Fci"),
+            (Method::POST, "/v1/agents/dev%2Fci/disable"),
+            (Method::POST, "/v1/agents/dev%2Fci/enable"),
+            (Method::POST, "/v1/agents/dev%2Fci/reset"),
+            (Method::GET, "/v1/escalations"),
+            (Method::POST, "/v1/escalations"),
+            (Method::GET, UNKNOWN_ESCALATION),
+            (Method::POST, "/v1/escalations/00000000-0000-4000-8000-000000000000/approve"),
+            (Method::POST, "/v1/escalations/00000000-0000-4000-8000-000000000000/deny"),
+            (Method::POST, "/v1/escalations/00000000-0000-4000-8000-000000000000/cancel"),
+            (Method::GET, "/v1/grants"),
+            (Method::POST, "/v1/grants/00000000-0000-4000-8000-000000000000/revoke"),
+        ] {
+            let label = format!("no caller: {method} {path}");
+            let rb = request(app, method.clone(), path);
+            let rb = if method == Method::POST { rb.json(&json!({})) } else { rb };
+            w.send(&label, rb).await;
+        }
     }
 
     /// `client_credentials` at `/envs/{env}/token`.
@@ -1077,6 +1177,7 @@ impl<'a> Script<'a> {
             .await
             .expect(200, "dana signs in");
         let dana = r.s("access_token");
+        w.name(&r.s("session_id"), "<session:dana>");
         // Two more sessions of dana's: one to sign out of, one to show a prod grant is
         // bound to the session that first used it.
         let dana_other = w
@@ -1089,6 +1190,8 @@ impl<'a> Script<'a> {
             .await
             .expect(200, "dana's third session")
             .s("access_token");
+        w.name(&sid(&dana_other), "<session:dana 2>");
+        w.name(&sid(&dana_leaving), "<session:dana 3>");
         w.send("sessions: wrong password", sign_in(app, "dana", "not the password at all", None))
             .await;
         w.send("sessions: unknown person", sign_in(app, "nobody", PASSWORD, None))
@@ -1122,13 +1225,16 @@ impl<'a> Script<'a> {
             post(app, "/v1/sessions").json(&json!({ "username": "dana" })),
         )
         .await;
-        w.send(
-            "sessions: JSON without a JSON content type",
-            post(app, "/v1/sessions")
-                .header(CONTENT_TYPE, "text/plain")
-                .body(json!({ "username": "drew", "password": PASSWORD }).to_string()),
-        )
-        .await;
+        let r = w
+            .send(
+                "sessions: JSON without a JSON content type",
+                post(app, "/v1/sessions")
+                    .header(CONTENT_TYPE, "text/plain")
+                    .body(json!({ "username": "drew", "password": PASSWORD }).to_string()),
+            )
+            .await
+            .expect(200, "drew signs in");
+        w.name(&r.s("session_id"), "<session:drew 2>");
         w.send(
             "sessions: oversized body",
             post(app, "/v1/sessions")
@@ -1146,6 +1252,8 @@ impl<'a> Script<'a> {
             .await
             .expect(200, "drew signs in")
             .s("access_token");
+        w.name(&sid(&rookie), "<session:rookie>");
+        w.name(&sid(&drew), "<session:drew>");
 
         w.send("me: a developer", bearer_get(app, "/v1/me", &dana)).await;
         w.send("me: an admin signed in with TOTP", bearer_get(app, "/v1/me", &self.root))
@@ -1240,8 +1348,11 @@ impl<'a> Script<'a> {
             )
             .await
             .expect(200, "dana starts enrolment");
+        let shown = r.s("secret");
+        w.name(&shown, "<totp-secret:dana>");
+        w.name(&normalise::grouped(&shown, 4), "<totp-secret:dana>");
         let secret = data_encoding::BASE32_NOPAD
-            .decode(r.s("secret").as_bytes())
+            .decode(shown.as_bytes())
             .expect("base32 secret");
         let mut totp = Totp { secret, next: 0 };
         w.send(
@@ -1410,6 +1521,7 @@ impl<'a> Script<'a> {
             client_id: r.s("client_id"),
             secret: secrecy::SecretString::from(r.s("client_secret")),
         };
+        w.name(&r.s("client_secret"), "<agent-secret:dev/deployer>");
         w.send("agents: create a taken name", bearer_post(app, "/v1/agents", &root, deployer))
             .await;
         for (label, body) in [
@@ -1502,6 +1614,7 @@ impl<'a> Script<'a> {
             client_id: prod_id.clone(),
             secret: secrecy::SecretString::from(r.s("client_secret")),
         };
+        w.name(&r.s("client_secret"), "<agent-secret:prod/ci, reset>");
         w.send(
             "cc: the new secret",
             client_credentials(app, "prod", &rotated, None),
@@ -1519,6 +1632,39 @@ impl<'a> Script<'a> {
         .await;
         self.keep("deployer id", deployer_agent.client_id);
         self.keep("deployer secret", deployer_agent.secret.expose_secret().to_string());
+    }
+
+    /// Every route that reads a JSON body, given a broken one by a caller it accepts.
+    async fn json_bodies(&mut self) {
+        let app = self.app;
+        let root = self.root.clone();
+        let w = &mut self.w;
+        for path in [
+            "/v1/me/step-up",
+            "/v1/me/totp",
+            "/v1/me/totp/activate",
+            "/v1/users",
+            "/v1/users/erin/reset",
+            "/v1/agents",
+            "/v1/escalations",
+            "/v1/escalations/00000000-0000-4000-8000-000000000000/approve",
+            "/v1/escalations/00000000-0000-4000-8000-000000000000/deny",
+            "/v1/grants/00000000-0000-4000-8000-000000000000/revoke",
+        ] {
+            w.send(
+                &format!("broken JSON: POST {path}"),
+                post(app, path)
+                    .bearer_auth(&root)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body("{\"a\":"),
+            )
+            .await;
+            w.send(
+                &format!("JSON of the wrong shape: POST {path}"),
+                bearer_post(app, path, &root, json!(["not", "an", "object"])),
+            )
+            .await;
+        }
     }
 
     /// RFC 8693 token exchange at `/envs/{env}/token`.
@@ -1629,7 +1775,9 @@ impl<'a> Script<'a> {
             .await
             .expect(200, "a device code");
         let (device1, user1) = (d1.s("device_code"), d1.s("user_code"));
-        w.volatile("user-code", &user1.to_lowercase());
+        w.name(&device1, "<device-code:D1>");
+        w.name(&user1, "<user-code:D1>");
+        w.name(&user1.to_lowercase(), "<user-code:D1, lowercase>");
         w.send(
             "device: authorize another client",
             form(app, "/oauth/device_authorization", &[("client_id", "someone-else")]),
@@ -1810,10 +1958,13 @@ impl<'a> Script<'a> {
             .send("device: poll, approved", poll(&device1))
             .await
             .expect(200, "the terminal gets casey's session");
+        w.name(&tokens.s("session_id"), "<session:casey, device>");
         w.send("device: poll a redeemed code", poll(&device1)).await;
 
         // A second code, denied.
         let d2 = w.quiet(start()).await.expect(200, "a second device code");
+        w.name(&d2.s("device_code"), "<device-code:D2>");
+        w.name(&d2.s("user_code"), "<user-code:D2>");
         w.browse(
             "device page: deny",
             jar,
@@ -1872,9 +2023,9 @@ impl<'a> Script<'a> {
             .await
             .expect(200, "the enrolment page");
         let shown = page.text_of("totp-secret");
-        w.volatile("totp-secret", &shown);
+        w.name(&shown, "<totp-secret:casey>");
         let plain: String = shown.split_whitespace().collect();
-        w.volatile("totp-secret", &plain);
+        w.name(&plain, "<totp-secret:casey>");
         let mut totp = Totp {
             secret: data_encoding::BASE32_NOPAD
                 .decode(plain.as_bytes())
@@ -1916,12 +2067,14 @@ impl<'a> Script<'a> {
         w.browse("logout: signed out already", jar, form(app, "/logout", &[("csrf", csrf.as_str())]))
             .await;
         let code = totp.code().await;
-        w.send(
-            "sessions: sign in with a TOTP code",
-            sign_in(app, "casey", PASSWORD, Some(&code)),
-        )
-        .await
-        .expect(200, "casey signs in with her code");
+        let r = w
+            .send(
+                "sessions: sign in with a TOTP code",
+                sign_in(app, "casey", PASSWORD, Some(&code)),
+            )
+            .await
+            .expect(200, "casey signs in with her code");
+        w.name(&r.s("session_id"), "<session:casey>");
         let wrong_casey_code = totp.wrong();
         self.casey_totp = Some(totp);
 
@@ -2001,6 +2154,23 @@ impl<'a> Script<'a> {
             form(app, "/approvals", &[("csrf", token), ("decision", "approve")]),
         )
         .await;
+
+        // Every form POST refuses another site's form and a body that is not a form, before
+        // anything else.
+        for path in ["/device", "/logout", "/totp", "/approvals"] {
+            w.browse(
+                &format!("forms: POST {path} from another site"),
+                &mut anon,
+                form(app, path, &[("csrf", token)]).header("sec-fetch-site", "cross-site"),
+            )
+            .await;
+            w.browse(
+                &format!("forms: POST {path} as JSON"),
+                &mut anon,
+                post(app, path).json(&json!({ "csrf": token })),
+            )
+            .await;
+        }
 
         // rookie goes to the enrolment page, drew to the approvals page.
         let mut rookie_web = Jar::default();

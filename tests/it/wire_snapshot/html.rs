@@ -360,8 +360,10 @@ fn render_element(e: &Element, depth: usize, namer: &mut Namer, out: &mut Vec<St
         if BOOLEAN.contains(&k.as_str()) {
             continue;
         }
-        let v = if v.starts_with("data:") {
-            "<data-url>".to_string()
+        let v = if let Some(data) = v.strip_prefix("data:") {
+            // The media type stays; the data (a QR code of a secret) does not.
+            let media = data.split(',').next().unwrap_or_default();
+            format!("data:{media},<data>")
         } else {
             namer.text(v)
         };

@@ -1,10 +1,11 @@
 //! Turning recorded answers into stable, readable text.
 //!
 //! What varies from run to run (random identifiers, tokens, secrets, times, the port) is
-//! replaced by a typed placeholder; everything else is kept exactly. Placeholders of
-//! identifiers are numbered in order of first appearance (`<uuid:3>`), so the record
-//! still shows which answers name the same thing (a session id in a token response and
-//! in the `sid` claim, one environment's `kid` in its JWKS and in a token header).
+//! replaced by a placeholder; everything else is kept exactly. The identifiers of the
+//! script's cast get names (`<escalation:E1>`, `<user-id:dana>`, `<kid:prod>`), so the
+//! record shows which answers name the same thing across exchanges; any other volatile
+//! value gets its kind and a number counted within its exchange (`<uuid:2>`), so an
+//! exchange added or removed never renumbers the others.
 
 use std::collections::HashMap;
 
@@ -31,9 +32,13 @@ pub struct Namer {
     base: String,
     /// Values known to be volatile (from the pre-pass or the script), longest first.
     registered: Vec<(String, &'static str)>,
+    /// Placeholders given by the script, for the whole record.
+    named: HashMap<String, String>,
+    /// Numbered placeholders of the current exchange.
     assigned: HashMap<String, String>,
     counters: HashMap<&'static str, usize>,
-    /// While sorting: placeholders without numbers, and nothing assigned.
+    /// While sorting: unnamed values get placeholders without numbers, and nothing is
+    /// assigned.
     sorting: bool,
 }
 
@@ -43,6 +48,7 @@ impl Namer {
         Namer {
             base: base.trim_end_matches('/').to_string(),
             registered: Vec::new(),
+            named: HashMap::new(),
             assigned: HashMap::new(),
             counters: HashMap::new(),
             sorting: false,
@@ -59,8 +65,24 @@ impl Namer {
         self.registered.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
     }
 
-    /// The placeholder of `value`: `<kind:N>`, N in order of first appearance.
+    /// Show `value` as `placeholder` everywhere in the record.
+    pub fn fix(&mut self, value: &str, placeholder: &str) {
+        self.register("named", value);
+        self.named.insert(value.to_string(), placeholder.to_string());
+    }
+
+    /// Start numbering afresh (a new exchange).
+    pub fn next_exchange(&mut self) {
+        self.assigned.clear();
+        self.counters.clear();
+    }
+
+    /// The placeholder of `value`: its name if the script gave one, else `<kind:N>`, N in
+    /// order of first appearance within the exchange.
     pub fn name(&mut self, kind: &'static str, value: &str) -> String {
+        if let Some(p) = self.named.get(value) {
+            return p.clone();
+        }
         if self.sorting {
             return format!("<{kind}>");
         }
@@ -481,15 +503,17 @@ mod tests {
     fn volatile_parts_are_named_and_the_rest_kept() {
         let mut n = Namer::new("http://127.0.0.1:4000");
         let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let other = "1f8fad5b-d9cb-469f-a165-70867728950e";
+        n.fix(other, "<escalation:E1>");
         let text = format!(
             "request {id} at http://127.0.0.1:4000/approvals#req-{id}, 2025-03-01T14:03:09.123Z, \
-             2025-03-01 14:03:09 UTC, agt_0123456789abcdef0123456789abcdef, airlock_refresh_abcdefghijklmnopqrstuvwxyz"
+             2025-03-01 14:03:09 UTC, agt_0123456789abcdef0123456789abcdef, airlock_refresh_abcdefghijklmnopqrstuvwxyz, {other}"
         );
-        assert_eq!(
-            n.text(&text),
-            "request <uuid:1> at <base>/approvals#req-<uuid:1>, <time>, <utc-time>, <client-id:1>, \
-             <refresh-token:1>"
-        );
+        let shown = "request <uuid:1> at <base>/approvals#req-<uuid:1>, <time>, <utc-time>, <client-id:1>, \
+                     <refresh-token:1>, <escalation:E1>";
+        assert_eq!(n.text(&text), shown);
+        n.next_exchange();
+        assert_eq!(n.text(&format!("{other} {id}")), "<escalation:E1> <uuid:1>");
         assert_eq!(n.text("TICKET-118 db:read 2025"), "TICKET-118 db:read 2025");
     }
 
