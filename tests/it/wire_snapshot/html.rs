@@ -15,16 +15,62 @@ const VOID: &[&str] = &[
 
 /// Elements at whose edges a browser does not show whitespace.
 const BLOCK: &[&str] = &[
-    "html", "head", "body", "title", "meta", "link", "header", "footer", "main", "nav", "section", "article",
-    "aside", "h1", "h2", "h3", "h4", "h5", "h6", "p", "div", "form", "fieldset", "legend", "dl", "dt", "dd",
-    "ul", "ol", "li", "details", "summary", "table", "thead", "tbody", "tr", "td", "th", "pre", "blockquote",
-    "hr", "br",
+    "html",
+    "head",
+    "body",
+    "title",
+    "meta",
+    "link",
+    "header",
+    "footer",
+    "main",
+    "nav",
+    "section",
+    "article",
+    "aside",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "p",
+    "div",
+    "form",
+    "fieldset",
+    "legend",
+    "dl",
+    "dt",
+    "dd",
+    "ul",
+    "ol",
+    "li",
+    "details",
+    "summary",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "td",
+    "th",
+    "pre",
+    "blockquote",
+    "hr",
+    "br",
 ];
 
 /// Attributes whose presence is their meaning (`required`, `required=""` and
 /// `required="required"` are the same).
 const BOOLEAN: &[&str] = &[
-    "required", "autofocus", "disabled", "checked", "selected", "hidden", "readonly", "multiple", "open",
+    "required",
+    "autofocus",
+    "disabled",
+    "checked",
+    "selected",
+    "hidden",
+    "readonly",
+    "multiple",
+    "open",
 ];
 
 /// A parsed node.
@@ -52,7 +98,10 @@ pub struct Element {
 impl Element {
     /// An attribute's value.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every text inside, concatenated.
@@ -122,7 +171,11 @@ pub fn parse(src: &str) -> Vec<Node> {
                 {
                     while stack.len() > at {
                         let done = stack.pop().expect("open element");
-                        stack.last_mut().expect("parent").children.push(Node::Element(done));
+                        stack
+                            .last_mut()
+                            .expect("parent")
+                            .children
+                            .push(Node::Element(done));
                     }
                 }
             }
@@ -130,7 +183,11 @@ pub fn parse(src: &str) -> Vec<Node> {
     }
     while stack.len() > 1 {
         let done = stack.pop().expect("open element");
-        stack.last_mut().expect("parent").children.push(Node::Element(done));
+        stack
+            .last_mut()
+            .expect("parent")
+            .children
+            .push(Node::Element(done));
     }
     stack.pop().expect("root").children
 }
@@ -258,7 +315,9 @@ fn decode(s: &str) -> String {
                 "apos" => Some('\''),
                 "nbsp" => Some('\u{a0}'),
                 _ => match name.strip_prefix('#') {
-                    Some(hex) if hex.starts_with(['x', 'X']) => u32::from_str_radix(&hex[1..], 16).ok().and_then(char::from_u32),
+                    Some(hex) if hex.starts_with(['x', 'X']) => {
+                        u32::from_str_radix(&hex[1..], 16).ok().and_then(char::from_u32)
+                    }
                     Some(dec) => dec.parse().ok().and_then(char::from_u32),
                     None => None,
                 },
@@ -315,7 +374,8 @@ fn visible<'a>(children: &'a [Node], parent_block: bool) -> Vec<Visible<'a>> {
                 }
                 let lead = t.starts_with(|c: char| c.is_ascii_whitespace())
                     && !edge_is_block(i.checked_sub(1).map(|p| &children[p]));
-                let trail = t.ends_with(|c: char| c.is_ascii_whitespace()) && !edge_is_block(children.get(i + 1));
+                let trail =
+                    t.ends_with(|c: char| c.is_ascii_whitespace()) && !edge_is_block(children.get(i + 1));
                 let text = format!(
                     "{}{collapsed}{}",
                     if lead { " " } else { "" },
@@ -336,7 +396,13 @@ enum Visible<'a> {
     Text(String),
 }
 
-fn render_children(children: &[Node], parent_block: bool, depth: usize, namer: &mut Namer, out: &mut Vec<String>) {
+fn render_children(
+    children: &[Node],
+    parent_block: bool,
+    depth: usize,
+    namer: &mut Namer,
+    out: &mut Vec<String>,
+) {
     for v in visible(children, parent_block) {
         match v {
             Visible::Doctype(d) => out.push(format!("{}<!{d}>", "  ".repeat(depth))),

@@ -62,7 +62,8 @@ impl Namer {
             return;
         }
         self.registered.push((value.to_string(), kind));
-        self.registered.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        self.registered
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
     }
 
     /// Show `value` as `placeholder` everywhere in the record.
@@ -201,7 +202,12 @@ impl Namer {
     }
 
     /// A JSON value with its volatile parts replaced; `key` is the field it sits in.
-    pub fn json(&mut self, key: Option<&str>, v: &Value, siblings: Option<&serde_json::Map<String, Value>>) -> Norm {
+    pub fn json(
+        &mut self,
+        key: Option<&str>,
+        v: &Value,
+        siblings: Option<&serde_json::Map<String, Value>>,
+    ) -> Norm {
         match v {
             Value::Null | Value::Bool(_) => Norm::Scalar(v.to_string()),
             Value::Number(n) => match key {
@@ -232,7 +238,12 @@ impl Namer {
                     });
                     order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
                 }
-                Norm::Arr(order.into_iter().map(|i| self.json(None, &items[i], None)).collect())
+                Norm::Arr(
+                    order
+                        .into_iter()
+                        .map(|i| self.json(None, &items[i], None))
+                        .collect(),
+                )
             }
             Value::Object(map) => {
                 let mut keys: Vec<&String> = map.keys().collect();
@@ -409,7 +420,9 @@ fn rfc3339_len(b: &[u8]) -> Option<usize> {
     }
     match b.get(n) {
         Some(b'Z') | Some(b'z') => Some(n + 1),
-        Some(b'+') | Some(b'-') if digits(b, n + 1, 2) && b.get(n + 3) == Some(&b':') && digits(b, n + 4, 2) => {
+        Some(b'+') | Some(b'-')
+            if digits(b, n + 1, 2) && b.get(n + 3) == Some(&b':') && digits(b, n + 4, 2) =>
+        {
             Some(n + 6)
         }
         _ => None,
