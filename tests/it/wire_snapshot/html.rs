@@ -59,6 +59,10 @@ const BLOCK: &[&str] = &[
     "br",
 ];
 
+/// Inline elements whose content is laid out on lines of its own (inline blocks), so a
+/// browser does not show whitespace at the edges of their content either.
+const INLINE_BLOCK: &[&str] = &["button", "select", "option"];
+
 /// Attributes whose presence is their meaning (`required`, `required=""` and
 /// `required="required"` are the same).
 const BOOLEAN: &[&str] = &[
@@ -436,7 +440,8 @@ fn render_element(e: &Element, depth: usize, namer: &mut Namer, out: &mut Vec<St
         line.push_str(&format!("={v:?}"));
     }
     line.push('>');
-    let block = is_block(&e.name);
+    // Whitespace at the edges of the content shows nowhere a line starts or ends.
+    let block = is_block(&e.name) || INLINE_BLOCK.contains(&e.name.as_str());
     let shown = visible(&e.children, block);
     if let [Visible::Text(t)] = shown.as_slice() {
         line.push(' ');
@@ -493,6 +498,15 @@ mod tests {
                 "  <span> \"AB&C\"",
                 "<input name=\"n\" required>",
             ]
+        );
+    }
+
+    #[test]
+    fn whitespace_at_a_line_edge_does_not_show() {
+        let mut n = Namer::new("http://127.0.0.1:1");
+        assert_eq!(
+            render("<p>\n  <button>\n Sign in \n</button>\n</p>", &mut n),
+            render("<p><button>Sign in</button></p>", &mut n)
         );
     }
 

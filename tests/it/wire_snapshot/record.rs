@@ -21,7 +21,8 @@ pub(super) enum Record {
     /// An OpenAPI document: the operations it lists.
     OpenApi,
     /// By content type, with the wait in `Retry-After` (and the same number in the
-    /// message) depending on the clock: a rate limit's window.
+    /// message) depending on the clock: what is left of a rate limit's window or of a
+    /// throttle's delay.
     VolatileWait,
 }
 
@@ -174,6 +175,13 @@ impl<'a> Wire<'a> {
         reply
     }
 
+    /// Take back the last `n` exchanges (a step the clock spoiled, to be done again).
+    pub(super) fn retract(&mut self, n: usize) {
+        for raw in self.raws.split_off(self.raws.len().saturating_sub(n)) {
+            self.labels.remove(&raw.label);
+        }
+    }
+
     /// Send without recording (setup the record does not need twice).
     pub(super) async fn quiet(&self, rb: RequestBuilder) -> Reply {
         self.execute(rb.build().expect("request builds")).await.0
@@ -241,6 +249,12 @@ pub(super) fn block(raw: &Raw, namer: &mut Namer) -> String {
         raw.status
     );
     let mut text = String::from_utf8_lossy(&raw.body).into_owned();
+    let content_type = raw
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.to_ascii_lowercase())
+        .unwrap_or_default();
     let mut headers: Vec<&(String, String)> = raw
         .headers
         .iter()
@@ -252,19 +266,21 @@ pub(super) fn block(raw: &Raw, namer: &mut Namer) -> String {
             "set-cookie" => cookie(value, namer),
             "x-request-id" if uuid::Uuid::parse_str(value).is_ok() => "<request-id>".to_string(),
             "retry-after" if raw.record == Record::VolatileWait => {
-                text = text.replace(&format!(" in {value} second"), " in <wait> second");
+                // In a page, the placeholder is text, not a tag.
+                let wait = if content_type.starts_with("text/html") {
+                    " in &lt;wait&gt; second(s)"
+                } else {
+                    " in <wait> second(s)"
+                };
+                for unit in ["seconds", "second"] {
+                    text = text.replace(&format!(" in {value} {unit}"), wait);
+                }
                 "<wait>".to_string()
             }
             _ => namer.text(value),
         };
         out.push_str(&format!("{name}: {shown}\n"));
     }
-    let content_type = raw
-        .headers
-        .iter()
-        .find(|(k, _)| k == "content-type")
-        .map(|(_, v)| v.to_ascii_lowercase())
-        .unwrap_or_default();
     let indent = |s: &str| s.lines().map(|l| format!("  {l}\n")).collect::<String>();
     if raw.body.is_empty() {
         out.push_str("body: empty\n");
