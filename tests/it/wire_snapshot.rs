@@ -7,8 +7,10 @@
 //! web pages show. It is deliberately blind to what a client cannot see or must not rely
 //! on:
 //! - values that differ on every run (identifiers, tokens, secrets, key ids, times, the
-//!   port) are replaced by typed placeholders, numbered by first appearance so the record
-//!   still shows which answers name the same thing (see `normalise.rs`);
+//!   port) are replaced by placeholders: the cast's identifiers by name
+//!   (`<escalation:E1>`, `<user-id:dana>`, `<kid:prod>`), so the record still shows which
+//!   answers name the same thing, and anything else by kind, numbered within its exchange
+//!   (see `normalise.rs`);
 //! - JSON members are compared in sorted order (member order carries no meaning), and the
 //!   lists whose order the server does not guarantee (requests and grants made within the
 //!   same second) are sorted;
@@ -19,7 +21,17 @@
 //! - the OpenAPI document is compared as the set of operations it lists.
 //!
 //! Both backends must produce the same record. `AIRLOCK_WIRE_UPDATE=1` rewrites the golden
-//! file from the run; review its diff like code.
+//! file from the run; review its diff like code. On a mismatch the test prints the first
+//! differing exchanges as line diffs and saves the whole record of the run under
+//! `CARGO_TARGET_TMPDIR`.
+//!
+//! The script is in the child modules by surface (`oauth`, `people`, `escalations`, `web`);
+//! `record` renders and compares, `requests` builds requests and answers TOTP prompts.
+//! Its cast: admin `root`, approvers `avery` and `blake` (TOTP), developers `dana` and
+//! `casey` (who set up TOTP during the script), `rookie` (admin without TOTP), `drew`
+//! (developer and approver without TOTP), `erin` (created over the API), and the agents
+//! `ci` (one per environment), `rs` (a resource server), `flood` and `deployer` (owned by
+//! dana).
 //!
 //! Settings differ from the defaults in a few bounds only, so that nothing depends on how
 //! fast the script runs: failed sign-ins allowed before delays start (16 instead of 3, so
@@ -126,9 +138,8 @@ struct Script<'a> {
     blake_totp: Totp,
     /// Tokens, ids and secrets the later steps use.
     kept: BTreeMap<&'static str, String>,
-    /// Authenticators set up during the script.
+    /// dana's authenticator, set up during the script.
     dana_totp: Option<Totp>,
-    casey_totp: Option<Totp>,
     /// Browsers.
     casey_web: Jar,
     dana_web: Jar,
@@ -196,7 +207,6 @@ impl<'a> Script<'a> {
             },
             kept: BTreeMap::new(),
             dana_totp: None,
-            casey_totp: None,
             casey_web: Jar::default(),
             dana_web: Jar::default(),
             drew_web: Jar::default(),

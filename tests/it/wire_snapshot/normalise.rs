@@ -67,8 +67,12 @@ impl Namer {
     }
 
     /// Show `value` as `placeholder` everywhere in the record.
+    /// A value with a shape of its own (an id, a client id, a prefixed secret) is named
+    /// only where that shape is recognised, so a change of its format still shows.
     pub fn fix(&mut self, value: &str, placeholder: &str) {
-        self.register("named", value);
+        if !has_shape(value) {
+            self.register("named", value);
+        }
         self.named.insert(value.to_string(), placeholder.to_string());
     }
 
@@ -121,7 +125,6 @@ impl Namer {
                                 self.register("totp-secret", s);
                                 self.register("totp-secret", &grouped(s, 4));
                             }
-                            "client_secret" => self.register("agent-secret", s),
                             "kid" => self.register("kid", s),
                             "x" if map.contains_key("kty") => self.register("jwk-x", s),
                             _ => {}
@@ -180,7 +183,11 @@ impl Namer {
                 continue;
             }
             if boundary && let Some(n) = rfc3339_len(&b[i..]) {
-                out.push_str("<time>");
+                // The offset's form stays: `Z` and `+00:00` are different texts.
+                match s[i..i + n].ends_with(['Z', 'z']) {
+                    true => out.push_str("<time>"),
+                    false => out.push_str(&format!("<time{}>", &s[i + n - 6..i + n])),
+                }
                 i += n;
                 continue;
             }
@@ -213,9 +220,13 @@ impl Namer {
             Value::Number(n) => match key {
                 Some(k) if TIME_CLAIMS.contains(&k) => {
                     let iat = siblings.and_then(|m| m.get("iat")).and_then(Value::as_i64);
+                    // Seconds since the epoch (ten digits), or it shows as it is.
+                    let seconds = |t: i64| (1_000_000_000..10_000_000_000).contains(&t);
                     match (k, n.as_i64(), iat) {
-                        ("iat", _, _) | (_, None, _) | (_, _, None) => Norm::Scalar("<unix-time>".into()),
+                        (_, Some(t), _) if !seconds(t) => Norm::Scalar(n.to_string()),
+                        ("iat", _, _) | (_, _, None) => Norm::Scalar("<unix-time>".into()),
                         (_, Some(t), Some(iat)) => Norm::Scalar(format!("<iat{:+}>", t - iat)),
+                        (_, None, _) => Norm::Scalar(n.to_string()),
                     }
                 }
                 _ => Norm::Scalar(n.to_string()),
@@ -362,6 +373,15 @@ fn all(b: &[u8], f: impl Fn(u8) -> bool) -> bool {
 
 fn ends_word(b: &[u8], n: usize) -> bool {
     b.get(n).is_none_or(|c| !c.is_ascii_alphanumeric())
+}
+
+/// Whether all of `value` has a shape `text` recognises by itself.
+fn has_shape(value: &str) -> bool {
+    let (b, n) = (value.as_bytes(), value.len());
+    uuid_len(b) == Some(n)
+        || client_id_len(b) == Some(n)
+        || prefixed_len(value).is_some_and(|(_, len)| len == n)
+        || hex64_len(b) == Some(n)
 }
 
 /// `8-4-4-4-12` hex digits.

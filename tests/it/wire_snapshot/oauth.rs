@@ -485,8 +485,9 @@ impl Script<'_> {
             .expect(200, "a device code");
         let (device1, user1) = (d1.s("device_code"), d1.s("user_code"));
         w.name(&device1, "<device-code:D1>");
-        w.name(&user1, "<user-code:D1>");
-        w.name(&user1.to_lowercase(), "<user-code:D1, lowercase>");
+        w.name(&user1, &format!("<user-code:D1 {}>", shape(&user1)));
+        let lower = user1.to_lowercase();
+        w.name(&lower, &format!("<user-code:D1 {}>", shape(&lower)));
         w.send(
             "device: authorize another client",
             form(
@@ -721,7 +722,10 @@ impl Script<'_> {
         // A second code, denied.
         let d2 = w.quiet(start()).await.expect(200, "a second device code");
         w.name(&d2.s("device_code"), "<device-code:D2>");
-        w.name(&d2.s("user_code"), "<user-code:D2>");
+        w.name(
+            &d2.s("user_code"),
+            &format!("<user-code:D2 {}>", shape(&d2.s("user_code"))),
+        );
         w.browse(
             "device page: deny",
             jar,

@@ -210,8 +210,9 @@ impl Script<'_> {
             .await
             .expect(200, "dana starts enrolment");
         let shown = r.s("secret");
-        w.name(&shown, "<totp-secret:dana>");
-        w.name(&normalise::grouped(&shown, 4), "<totp-secret:dana>");
+        let grouped = normalise::grouped(&shown, 4);
+        w.name(&shown, &format!("<totp-secret:dana {}>", key_shape(&shown)));
+        w.name(&grouped, &format!("<totp-secret:dana {}>", key_shape(&grouped)));
         let secret = data_encoding::BASE32_NOPAD
             .decode(shown.as_bytes())
             .expect("base32 secret");

@@ -180,3 +180,29 @@ pub(super) fn sid(token: &str) -> String {
 pub(super) fn oversized(n: usize) -> String {
     "a".repeat(n)
 }
+
+/// A user code's form: `A` for a capital letter, `a` for a small one, `9` for a digit
+/// (`BCDF-GHJK` is `AAAA-AAAA`).
+pub(super) fn shape(v: &str) -> String {
+    v.chars()
+        .map(|c| match c {
+            'A'..='Z' => 'A',
+            'a'..='z' => 'a',
+            '0'..='9' => '9',
+            other => other,
+        })
+        .collect()
+}
+
+/// A TOTP key's form: base32, and the lengths of its groups as shown (`32`, `4+4+...`).
+pub(super) fn key_shape(v: &str) -> String {
+    let base32 = v
+        .chars()
+        .all(|c| c == ' ' || c.is_ascii_uppercase() || ('2'..='7').contains(&c));
+    let groups: Vec<String> = v.split(' ').map(|g| g.len().to_string()).collect();
+    format!(
+        "{} {}",
+        if base32 { "base32" } else { "not base32" },
+        groups.join("+")
+    )
+}

@@ -21,9 +21,9 @@ impl Script<'_> {
             .await
             .expect(200, "the enrolment page");
         let shown = page.text_of("totp-secret");
-        w.name(&shown, "<totp-secret:casey>");
+        w.name(&shown, &format!("<totp-secret:casey {}>", key_shape(&shown)));
         let plain: String = shown.split_whitespace().collect();
-        w.name(&plain, "<totp-secret:casey>");
+        w.name(&plain, &format!("<totp-secret:casey {}>", key_shape(&plain)));
         let mut totp = Totp {
             secret: data_encoding::BASE32_NOPAD
                 .decode(plain.as_bytes())
@@ -88,7 +88,6 @@ impl Script<'_> {
             .expect(200, "casey signs in with her code");
         w.name(&r.s("session_id"), "<session:casey>");
         let wrong_casey_code = totp.wrong();
-        self.casey_totp = Some(totp);
 
         // A browser nobody signed in with.
         let mut anon = Jar::default();
