@@ -41,12 +41,16 @@
 //! session access tokens and web sessions (1 h instead of 5 and 15 minutes, so a slow run
 //! does not outlive the sessions it started).
 //!
-//! Not covered, because they need the wall clock to pass a bound or the store to fail:
-//! `expired_token` for a device code, a session past its idle or absolute limit, an
-//! expired escalation (409) and an ended grant, the deadline 503, and every
-//! `temporarily_unavailable`/`unavailable` 503 (tests/it/failclosed.rs covers those), the
-//! 20-pending-requests cap (the creation rate allows 10 a minute), and a TOTP enrolment
-//! past its lifetime.
+//! Not covered, because each needs the clock to pass a bound of minutes or hours, or the
+//! store to fail (the other tests check the behaviour, not the bytes):
+//! - a device code past its lifetime (`expired_token`), a session past its idle or absolute
+//!   limit, an escalation past its pending timeout (409 "is expired"), a grant that ended,
+//!   a TOTP enrolment past its lifetime;
+//! - every 503: the request deadline, `/readyz` with the store down or migrations pending,
+//!   `temporarily_unavailable`, `unavailable` and `busy`;
+//! - the cap of 20 pending requests per holder (the creation rate allows 10 a minute);
+//! - `slow_down` at device authorization once an address's refusal budget for the 10 s
+//!   window is spent (the budget is lifted here, see above).
 
 mod escalations;
 mod html;
