@@ -27,7 +27,7 @@ pub(super) enum Record {
 }
 
 /// One exchange as it went over the wire.
-pub(super) struct Raw {
+struct Raw {
     label: String,
     method: String,
     target: String,
@@ -240,7 +240,7 @@ impl<'a> Wire<'a> {
     }
 }
 
-pub(super) fn block(raw: &Raw, namer: &mut Namer) -> String {
+fn block(raw: &Raw, namer: &mut Namer) -> String {
     let mut out = format!(
         "=== {}\n{} {}\nstatus {}\n",
         raw.label,
@@ -313,7 +313,7 @@ pub(super) fn block(raw: &Raw, namer: &mut Namer) -> String {
 
 /// A `Set-Cookie` value with its value hidden and its attributes kept, in a fixed order
 /// (their order carries no meaning, RFC 6265 section 5.2).
-pub(super) fn cookie(v: &str, namer: &mut Namer) -> String {
+fn cookie(v: &str, namer: &mut Namer) -> String {
     let mut parts = v.split(';').map(str::trim);
     let pair = parts.next().unwrap_or_default();
     let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -328,7 +328,7 @@ pub(super) fn cookie(v: &str, namer: &mut Namer) -> String {
 }
 
 /// `METHOD /path` of every operation an OpenAPI document lists, sorted.
-pub(super) fn openapi_operations(body: &[u8]) -> Vec<String> {
+fn openapi_operations(body: &[u8]) -> Vec<String> {
     let doc: Value = serde_json::from_slice(body).expect("the OpenAPI document is JSON");
     let mut ops: Vec<String> = doc["paths"]
         .as_object()
@@ -371,7 +371,7 @@ pub(super) fn compare_with_golden(actual: &str, backend: Backend) {
 }
 
 /// The record split into exchanges (the preamble is the first).
-pub(super) fn blocks(record: &str) -> Vec<Vec<&str>> {
+fn blocks(record: &str) -> Vec<Vec<&str>> {
     let mut out: Vec<Vec<&str>> = vec![Vec::new()];
     for line in record.lines() {
         if line.starts_with("=== ") {
@@ -382,14 +382,14 @@ pub(super) fn blocks(record: &str) -> Vec<Vec<&str>> {
     out
 }
 
-pub(super) enum Edit {
+enum Edit {
     Same(usize),
     Gone(usize),
     New(usize),
 }
 
 /// A shortest edit script between `a` and `b` (longest common subsequence).
-pub(super) fn edits<T: PartialEq>(a: &[T], b: &[T]) -> Vec<Edit> {
+fn edits<T: PartialEq>(a: &[T], b: &[T]) -> Vec<Edit> {
     let (n, m) = (a.len(), b.len());
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
@@ -420,7 +420,7 @@ pub(super) fn edits<T: PartialEq>(a: &[T], b: &[T]) -> Vec<Edit> {
 
 /// The differing exchanges (matched by label, which is unique), the first few as a line
 /// diff (`-` golden, `+` this run).
-pub(super) fn report(expected: &str, actual: &str) -> String {
+fn report(expected: &str, actual: &str) -> String {
     const SHOWN: usize = 4;
     let (e, a) = (blocks(expected), blocks(actual));
     let title = |b: &[&str]| b.first().copied().unwrap_or_default().to_string();
@@ -452,7 +452,7 @@ pub(super) fn report(expected: &str, actual: &str) -> String {
     out
 }
 
-pub(super) fn line_diff(e: &[&str], a: &[&str]) -> String {
+fn line_diff(e: &[&str], a: &[&str]) -> String {
     const CONTEXT: usize = 3;
     let script = edits(e, a);
     let near = |k: usize| {

@@ -19,7 +19,7 @@ pub(super) struct Totp {
     pub(super) next: i64,
 }
 
-pub(super) fn step_now() -> i64 {
+fn step_now() -> i64 {
     airlock::totp::step_at(time::OffsetDateTime::now_utc().unix_timestamp())
 }
 
