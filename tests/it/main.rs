@@ -12,6 +12,7 @@ mod server;
 mod store;
 mod v1;
 mod web;
+mod wire_snapshot;
 
 // The harness's paths before it became `support`, for branches written against them.
 // New code names `crate::support`; these go once those branches are merged.
