@@ -1888,13 +1888,56 @@ impl World {
     }
 }
 
-/// Create `p`, sign in with the password, and (unless `p` is mallory) enrol TOTP from
-/// that session, which makes the session count as signed in with TOTP. Enrolment uses
-/// the previous time step's code, so the person has two fresh codes left (the current
-/// and the next step): one more than after a sign-in with a code.
+/// The Argon2id hash of [`PASSWORD`], computed once per test process: every case
+/// creates seven people, and hashing (then checking) a password for each took most of a
+/// case's time. How sign-in checks passwords is tested elsewhere (`v1::people`,
+/// `v1::sign_in_throttling`); here people are set up, not what is under test.
+static PASSWORD_HASH: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+/// Create `p` (with the password hash computed once per run), start a CLI session for
+/// them, and (unless `p` is mallory) enrol TOTP from that session over HTTP, which makes
+/// the session count as signed in with TOTP. Enrolment uses the previous time step's
+/// code, so the person has two fresh codes left (the current and the next step): one
+/// more than after a sign-in with a code.
 async fn enrol_person(app: &TestApp, p: P) -> PersonRt {
-    let user = crate::support::person(app, p.name(), p.roles()).await;
-    let token = session_token(app, p.name(), None).await;
+    let hash = PASSWORD_HASH
+        .get_or_init(|| async {
+            app.state
+                .passwords
+                .hash(secrecy::SecretString::from(PASSWORD.to_string()))
+                .await
+                .expect("password hashed")
+        })
+        .await
+        .clone();
+    let at = now();
+    let user = User {
+        id: Uuid::new_v4(),
+        username: p.name().to_string(),
+        password_hash: hash,
+        roles: p.roles().iter().map(|r| r.to_string()).collect(),
+        totp_sealed: None,
+        totp_pending_sealed: None,
+        totp_last_step: None,
+        disabled: false,
+        created_at: at,
+        updated_at: at,
+    };
+    let event = NewAuditEvent::new("user.created", "test", Outcome::Success)
+        .subject(user.username.clone())
+        .detail("roles", user.roles.clone());
+    app.store()
+        .create_user(&user, event)
+        .await
+        .expect("person created");
+    let signed_in = airlock::people::SignedIn {
+        user: user.clone(),
+        totp_verified: false,
+    };
+    let token = airlock::people::start_cli_session(&app.state, &signed_in, "test")
+        .await
+        .expect("session started")
+        .access_token;
     let mut rt = PersonRt {
         user,
         secret: None,
