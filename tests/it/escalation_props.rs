@@ -443,6 +443,10 @@ const SHORT_GRANT: Duration = Duration::from_secs(4);
 const MARGIN: time::Duration = time::Duration::seconds(2);
 
 fn apply_config(s: &mut airlock::config::Settings, c: &CaseConfig) {
+    // Thousands of cases run on shared machines: a SQLite writer descheduled for longer
+    // than the tests' usual 300 ms busy timeout turns into a 503 (fail closed, correctly),
+    // which is not what this test is about. Give writers time to take turns.
+    s.database.busy_timeout = Duration::from_secs(10);
     let envs = &mut s.environments;
     envs.get_mut("prod").unwrap().approval.quorum = c.prod_quorum;
     // Tokens minted under a prod grant are cut to its end (2m < the 5m default_ttl).
