@@ -1990,7 +1990,23 @@ fn session_id(session_token: &str) -> Uuid {
 // Running cases
 // ---------------------------------------------------------------------------------------
 
-async fn run_case(backend: Backend, case: &Case) -> Result<Stats, String> {
+/// Longest an action may take for its answer to be judged: the model decides which
+/// grants are surely active or surely over with [`MARGIN`] to spare, before the call.
+/// An action whose answer differs from the model's and that took longer than this (a
+/// machine so loaded that a request stalls for seconds) cannot be judged: its case is
+/// rejected, not passed, and proptest draws another. Invariant checks never depend on
+/// timing and are never skipped.
+const STALL: Duration = Duration::from_millis(1000);
+
+/// How a case did not pass.
+enum CaseEnd {
+    /// A property or an answer was wrong.
+    Failed(String),
+    /// An answer differed from the model's after a stall longer than [`STALL`].
+    Stalled(String),
+}
+
+async fn run_case(backend: Backend, case: &Case) -> Result<Stats, CaseEnd> {
     let config = case.config.clone();
     let app = spawn_app_with(backend, |s| apply_config(s, &config))
         .await
@@ -1999,7 +2015,9 @@ async fn run_case(backend: Backend, case: &Case) -> Result<Stats, String> {
     for (i, action) in case.actions.iter().enumerate() {
         w.step = i + 1;
         w.stats.actions += 1;
+        let started = std::time::Instant::now();
         let outcome = w.perform(action).await;
+        let took = started.elapsed();
         let line = format!(
             "{:>2}. {action:?} → {}",
             w.step,
@@ -2010,14 +2028,20 @@ async fn run_case(backend: Backend, case: &Case) -> Result<Stats, String> {
         );
         w.log.push(line);
         if let Err(e) = outcome {
-            return Err(w.report(&format!("step {}: {e}", w.step)));
+            let report = w.report(&format!("step {}: {e}", w.step));
+            let answer_differs = e.contains("expected ") && e.contains(", got ");
+            if answer_differs && took > STALL {
+                w.app.stop().await;
+                return Err(CaseEnd::Stalled(format!("after {took:?}: {report}")));
+            }
+            return Err(CaseEnd::Failed(report));
         }
         if let Err(e) = w.check_grants().await {
-            return Err(w.report(&format!("after step {}: {e}", w.step)));
+            return Err(CaseEnd::Failed(w.report(&format!("after step {}: {e}", w.step))));
         }
     }
     if let Err(e) = w.final_checks().await {
-        return Err(w.report(&format!("at the end: {e}")));
+        return Err(CaseEnd::Failed(w.report(&format!("at the end: {e}"))));
     }
     w.stats.cases = 1;
     if std::env::var("AIRLOCK_PROPS_VERBOSE").is_ok() {
@@ -2219,6 +2243,8 @@ fn run_property(backend: Backend) {
         max_shrink_iters: env_number("PROPTEST_MAX_SHRINK_ITERS").unwrap_or(40),
         max_shrink_time: env_number("PROPTEST_MAX_SHRINK_TIME").unwrap_or(180_000),
         failure_persistence: None,
+        // Cases rejected because an action stalled (see `STALL`) are drawn again.
+        max_global_rejects: env_number("PROPTEST_MAX_GLOBAL_REJECTS").unwrap_or(10_000),
         rng_seed: RngSeed::Fixed(seed),
         ..Config::default()
     };
@@ -2231,7 +2257,9 @@ fn run_property(backend: Backend) {
     let started = std::time::Instant::now();
     let golden = rt
         .block_on(run_case(backend, &golden_case()))
-        .unwrap_or_else(|e| panic!("the fixed sequence: {e}"));
+        .unwrap_or_else(|e| match e {
+            CaseEnd::Failed(r) | CaseEnd::Stalled(r) => panic!("the fixed sequence: {r}"),
+        });
     for (kind, n, want) in [
         ("grants", golden.grants, 3),
         ("prod tokens of a person", golden.prod_person_tokens, 1),
@@ -2246,14 +2274,28 @@ fn run_property(backend: Backend) {
     }
     let totals = Mutex::new(Stats::default());
     let mut runner = TestRunner::new(config);
+    let stalled: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let result = runner.run(&case(), |case| {
-        let stats = rt
-            .block_on(run_case(backend, &case))
-            .map_err(TestCaseError::fail)?;
+        let stats = match rt.block_on(run_case(backend, &case)) {
+            Ok(stats) => stats,
+            Err(CaseEnd::Failed(report)) => return Err(TestCaseError::fail(report)),
+            Err(CaseEnd::Stalled(report)) => {
+                stalled.lock().unwrap().push(report.lines().next().unwrap_or_default().to_string());
+                return Err(TestCaseError::reject("an action stalled past the model's margin"));
+            }
+        };
         totals.lock().unwrap().add(&stats);
         Ok(())
     });
     let totals = totals.into_inner().unwrap();
+    let stalled = stalled.into_inner().unwrap();
+    eprintln!(
+        "escalation properties on {backend:?}: {} cases rejected after a stall longer than {STALL:?}",
+        stalled.len()
+    );
+    for s in &stalled {
+        eprintln!("  stalled: {s}");
+    }
     eprintln!(
         "escalation properties on {backend:?}: {:.1?}, {totals:#?}",
         started.elapsed()
