@@ -30,7 +30,7 @@ per_loop=$(( (TOTAL + PARALLEL - 1) / PARALLEL ))
 loop() {
   local done_cases=0
   while [ "$done_cases" -lt "$per_loop" ]; do
-    local start end out rc seed cases
+    local start end out rc seed cases rejected
     start=$(date +%s)
     rc=0
     out=$(PROPTEST_CASES="$CHUNK" "$BIN" "invariants::escalation_props::$backend" \
@@ -38,7 +38,8 @@ loop() {
     end=$(date +%s)
     seed=$(echo "$out" | grep -o 'PROPTEST_RNG_SEED=[0-9]*' | head -n1)
     cases=$(echo "$out" | grep -o 'cases: [0-9]*' | head -n1)
-    echo "$(date -u +%FT%TZ) loop $1 $seed $cases rc=$rc $((end - start))s" >> "$LOG"
+    rejected=$(echo "$out" | grep -o '[0-9]* cases rejected after a stall' | head -n1)
+    echo "$(date -u +%FT%TZ) loop $1 $seed $cases ${rejected:-} rc=$rc $((end - start))s" >> "$LOG"
     if [ "$rc" -ne 0 ]; then
       echo "$out" > "$LOG.failure-$start"
       return 1
