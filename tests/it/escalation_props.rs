@@ -2300,7 +2300,10 @@ fn run_property(backend: Backend) {
             Ok(stats) => stats,
             Err(CaseEnd::Failed(report)) => return Err(TestCaseError::fail(report)),
             Err(CaseEnd::Stalled(report)) => {
-                stalled.lock().unwrap().push(report.lines().next().unwrap_or_default().to_string());
+                stalled
+                    .lock()
+                    .unwrap()
+                    .push(report.lines().next().unwrap_or_default().to_string());
                 return Err(TestCaseError::reject("an action stalled past the model's margin"));
             }
         };
