@@ -15,6 +15,11 @@ use super::people::impl_people_store;
 use super::sql::impl_sql_store;
 use super::{AgentCache, AuditBatcher, ConnectOptions};
 
+/// A write transaction (PostgreSQL's row locks need nothing more than `BEGIN`).
+async fn begin_write(pool: &Pool<Postgres>) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin().await
+}
+
 /// PostgreSQL implementation of [`Store`](super::Store).
 pub struct PgStore {
     pool: Pool<Postgres>,
