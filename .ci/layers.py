@@ -26,7 +26,7 @@ SRC = os.path.join(ROOT, 'src')
 RANKS = {
     # pure: no IO
     'domain': 0, 'secrets': 1, 'config': 2, 'policy': 3, 'audit': 4, 'token': 5, 'totp': 6,
-    'wire': 7,
+    'wire': 7, 'clock': 8,
     # infrastructure
     'store': 10, 'keyring': 11, 'password': 12, 'refusals': 13, 'throttle': 14, 'notify': 15,
     'telemetry': 16,

@@ -14,10 +14,10 @@ use tokio::net::TcpListener;
 
 use crate::config::{Mode, Settings};
 use crate::domain::KeySet;
-use crate::secrets::MasterKey;
-use crate::store::{self, ConnectOptions};
 use crate::keyring::KeyRing;
+use crate::secrets::MasterKey;
 pub use crate::state::AppState;
+use crate::store::{self, ConnectOptions};
 
 /// Connection options from settings.
 pub fn connect_options(settings: &Settings, migrate: bool) -> ConnectOptions {
@@ -84,6 +84,7 @@ pub async fn open_state(mut settings: Settings, migrate: bool) -> anyhow::Result
     let notifier = crate::notify::Notifier::spawn(&settings, store.clone())
         .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
     Ok(AppState {
+        clock: Arc::new(crate::clock::SystemClock),
         notifier,
         changes: Arc::new(tokio::sync::Notify::new()),
         stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
@@ -129,6 +130,11 @@ impl App {
     /// The shared state (tests use its store).
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Decide by `clock` instead of the system clock (tests move time ahead with it).
+    pub fn set_clock(&mut self, clock: Arc<dyn crate::clock::Clock>) {
+        self.state.clock = clock;
     }
 
     /// Serve until `shutdown` resolves, drain in-flight requests, close the pool.

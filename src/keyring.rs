@@ -153,4 +153,3 @@ fn open_signer(master: &MasterKey, stored: &StoredKey) -> Result<Signer, TokenEr
 fn store_error(e: StoreError) -> TokenError {
     TokenError::Store(e.to_string())
 }
-

@@ -4,13 +4,15 @@
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::keyring::KeyRing;
 use crate::secrets::{MasterKey, SecretHasher};
 use crate::store::Store;
-use crate::keyring::KeyRing;
 
 /// Everything a request handler or CLI command needs. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// What time it is, for every decision (the system clock, or a test's).
+    pub clock: Arc<dyn crate::clock::Clock>,
     /// Persistence.
     pub store: Arc<dyn Store>,
     /// Loaded signing keys.
@@ -34,4 +36,11 @@ pub struct AppState {
     /// Turns `true` once when the server starts shutting down, so requests waiting on an
     /// escalation (`?wait=`) answer at once instead of holding the shutdown.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl AppState {
+    /// Now, by this state's clock.
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
 }

@@ -12,9 +12,9 @@
 use std::sync::OnceLock;
 
 use airlock::domain::KeySet;
+use airlock::keyring::KeyRing;
 use airlock::secrets::MasterKey;
 use airlock::store::{self, ConnectOptions};
-use airlock::keyring::KeyRing;
 use airlock::token::{self, Jwk, Signer};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 use super::session::{Authenticated, SessionError, authenticate_session};
-use crate::domain::{Agent, CLI_CLIENT_ID, User, now};
+use crate::domain::{Agent, CLI_CLIENT_ID, User};
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::token::{self, AccessClaims};
@@ -144,12 +144,19 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Principal, A
 /// Verify `token` as an access token of any environment (each with its own keys,
 /// issuer and audience).
 pub fn verify_env_token(state: &AppState, token: &str) -> Option<AccessClaims> {
-    let at = now().unix_timestamp();
+    let at = state.now().unix_timestamp();
     state.settings.environments.values().find_map(|env| {
         let jwks = state.keys.jwks(&env.key_set())?;
-        token::verify(token, &jwks, &env.issuer(&state.settings.public_url), &env.audience, at, 0)
-            .ok()
-            .filter(|c| c.env == env.name)
+        token::verify(
+            token,
+            &jwks,
+            &env.issuer(&state.settings.public_url),
+            &env.audience,
+            at,
+            0,
+        )
+        .ok()
+        .filter(|c| c.env == env.name)
     })
 }
 
@@ -159,7 +166,7 @@ pub async fn grant_is_active(state: &AppState, id: &str) -> Result<bool, StoreEr
         return Ok(false);
     };
     match state.store.grant(id).await {
-        Ok(g) => Ok(g.is_active(now())),
+        Ok(g) => Ok(g.is_active(state.now())),
         Err(StoreError::NotFound) => Ok(false),
         Err(e) => Err(e),
     }
@@ -197,7 +204,7 @@ pub async fn token_is_live(
             return Ok(false);
         };
         match state.store.session(sid).await {
-            Ok(s) if s.revoked_at.is_none() && s.expires_at > now() => {}
+            Ok(s) if s.revoked_at.is_none() && s.expires_at > state.now() => {}
             Ok(_) | Err(StoreError::NotFound) => return Ok(false),
             Err(e) => return Err(e),
         }

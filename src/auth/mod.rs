@@ -12,8 +12,7 @@ pub use bearer::{
     AgentKind, AgentPrincipal, AuthError, Principal, authenticate, grant_is_active, token_is_live,
     verify_env_token,
 };
-pub use session::{
-    Authenticated, SessionError, authenticate_session, authenticate_web, effective_roles,
-    is_stepped_up,
-};
 pub(crate) use session::check_session;
+pub use session::{
+    Authenticated, SessionError, authenticate_session, authenticate_web, effective_roles, is_stepped_up,
+};

@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::domain::{KeySet, Session, SessionKind, User, now};
+use crate::domain::{KeySet, Session, SessionKind, User};
 use crate::policy;
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -33,7 +33,7 @@ pub(crate) fn check_session(
     user: &User,
     kind: SessionKind,
 ) -> Result<(), SessionError> {
-    let at = now();
+    let at = state.now();
     let idle = state.settings.auth.session_idle_timeout;
     let live = session.kind == kind
         && session.revoked_at.is_none()
@@ -62,8 +62,13 @@ pub async fn authenticate_session(state: &AppState, bearer: &str) -> Result<Auth
         .keys
         .jwks(&KeySet::Session)
         .ok_or(SessionError::Unavailable)?;
-    let claims = token::verify_session(bearer, &jwks, &state.settings.public_url, now().unix_timestamp())
-        .map_err(|_| SessionError::Invalid)?;
+    let claims = token::verify_session(
+        bearer,
+        &jwks,
+        &state.settings.public_url,
+        state.now().unix_timestamp(),
+    )
+    .map_err(|_| SessionError::Invalid)?;
     let sid = Uuid::parse_str(&claims.sid).map_err(|_| SessionError::Invalid)?;
     let uid = Uuid::parse_str(&claims.sub).map_err(|_| SessionError::Invalid)?;
     let (session, user) = load(state, sid, uid).await?;
@@ -78,7 +83,7 @@ pub async fn authenticate_web(state: &AppState, cookie: &str) -> Result<Authenti
     }
     let session = match state
         .store
-        .session_by_secret(&state.hasher.hash("web", cookie).to_vec())
+        .session_by_secret(state.hasher.hash("web", cookie).as_ref())
         .await
     {
         Ok(s) => s,
@@ -101,5 +106,5 @@ pub fn effective_roles(state: &AppState, auth: &Authenticated) -> Vec<String> {
 pub fn is_stepped_up(state: &AppState, auth: &Authenticated) -> bool {
     auth.session
         .stepped_up_at
-        .is_some_and(|t| now() - t < state.settings.auth.step_up_lifetime)
+        .is_some_and(|t| state.now() - t < state.settings.auth.step_up_lifetime)
 }

@@ -23,9 +23,9 @@ mod tests;
 
 pub use load::{DEFAULT_TOML, unexpected_env_vars};
 pub use redact::redact_url;
-pub use validate::{valid_env_name, valid_scope_name};
 pub use sections::*;
 pub use validate::{MAX_CONNECTIONS_CEILING, MAX_TTL_CEILING, REFUSAL_BUDGET_CEILING};
+pub use validate::{valid_env_name, valid_scope_name};
 pub use webhooks::*;
 
 use std::collections::BTreeMap;

@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-
 use super::Settings;
 
 impl fmt::Debug for Settings {

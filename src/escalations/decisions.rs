@@ -9,7 +9,7 @@ use super::grants::grant_event;
 use super::views::{EscalationView, is_agents_own, is_approver_for, may_view, view};
 use super::{EscalationError, announce, check_note, store_err};
 use crate::auth::{Authenticated, Principal, effective_roles};
-use crate::domain::{Approval, Escalation, EscalationState, NewAuditEvent, Outcome, now};
+use crate::domain::{Approval, Escalation, EscalationState, NewAuditEvent, Outcome};
 use crate::people;
 use crate::policy::escalation::{self as rules, ApprovalRefusal};
 use crate::state::AppState;
@@ -76,7 +76,7 @@ async fn decidable(
         refuse_decision(state, auth, &e, action, &refusal).await?;
         return Err(EscalationError::Forbidden(refusal.message(&e.environment)));
     }
-    if e.state != EscalationState::Pending || e.expires_at <= now() {
+    if e.state != EscalationState::Pending || e.expires_at <= state.now() {
         return Err(not_pending(&e));
     }
     Ok(e)
@@ -105,7 +105,7 @@ pub async fn approve(
     people::confirm_totp(state, peer, auth, totp_code, "escalation approval")
         .await
         .map_err(EscalationError::Totp)?;
-    let at = now();
+    let at = state.now();
     let actor = format!("user:{}", auth.user.username);
     let approval = Approval {
         approver_id: auth.user.id,
@@ -152,7 +152,6 @@ pub async fn approve(
     }
 }
 
-
 /// `POST /v1/escalations/{id}/deny`: one eligible approver's "no" ends the request.
 pub async fn deny(
     state: &AppState,
@@ -177,7 +176,7 @@ pub async fn deny(
             EscalationState::Denied,
             &auth.user.username,
             Some(&reason),
-            now(),
+            state.now(),
             event,
         )
         .await
@@ -215,7 +214,7 @@ pub async fn cancel(
             "only the requester, its sponsor or an admin can cancel a request".into(),
         ));
     }
-    if e.state != EscalationState::Pending || e.expires_at <= now() {
+    if e.state != EscalationState::Pending || e.expires_at <= state.now() {
         return Err(not_pending(&e));
     }
     let actor = principal.actor();
@@ -229,7 +228,7 @@ pub async fn cancel(
         .subject(e.id.to_string());
     let e = match state
         .store
-        .finish_escalation(id, EscalationState::Cancelled, &by, None, now(), event)
+        .finish_escalation(id, EscalationState::Cancelled, &by, None, state.now(), event)
         .await
     {
         Ok(e) => e,

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::views::{GrantView, grant_view, may_see_grant};
 use super::{EscalationError, announce, check_note, store_err};
 use crate::auth::Principal;
-use crate::domain::{Escalation, Grant, NewAuditEvent, Outcome, now};
+use crate::domain::{Escalation, Grant, NewAuditEvent, Outcome};
 use crate::policy::escalation as rules;
 use crate::state::AppState;
 use crate::store::{GrantFilter, StoreError};
@@ -48,7 +48,11 @@ pub async fn revoke_grant(
         .env(g.environment.clone())
         .subject(g.id.to_string())
         .detail("escalation", g.escalation_id.to_string());
-    let g = match state.store.revoke_grant(id, &actor, &reason, now(), event).await {
+    let g = match state
+        .store
+        .revoke_grant(id, &actor, &reason, state.now(), event)
+        .await
+    {
         Ok(g) => g,
         Err(StoreError::Conflict) => {
             return Err(EscalationError::Conflict(format!(
@@ -73,7 +77,7 @@ pub async fn covering_grant(
     needed: &[String],
     actor: Option<&str>,
 ) -> Result<Option<Grant>, StoreError> {
-    let at = now();
+    let at = state.now();
     let grants = state
         .store
         .grants(&GrantFilter {
@@ -85,4 +89,3 @@ pub async fn covering_grant(
         .await?;
     Ok(rules::covering_grant(&grants, holder, env, needed, actor, at).cloned())
 }
-

@@ -10,7 +10,7 @@ use super::views::{EscalationView, view};
 use super::{EscalationError, MAX_PENDING_PER_HOLDER, announce, store_err};
 use crate::auth::{AgentKind, AgentPrincipal, Principal, effective_roles};
 use crate::domain::{
-    Escalation, EscalationState, NewAuditEvent, Outcome, RequesterKind, agent_holder, now, person_holder,
+    Escalation, EscalationState, NewAuditEvent, Outcome, RequesterKind, agent_holder, person_holder,
 };
 use crate::policy::escalation::{self as rules, RequestRefusal, Requester};
 use crate::state::AppState;
@@ -111,7 +111,7 @@ pub async fn create(
             });
         }
     };
-    let at = now();
+    let at = state.now();
     let (kind, requester_name, requester_user_id, sponsor, sponsor_user_id, holder, holder_actor) =
         match &requester {
             Requester::Person {
@@ -231,7 +231,7 @@ pub async fn create(
         .await
         .map_err(store_err)?;
     if let Creation::Limited { retry_at } = created {
-        let wait = (retry_at - now()).as_seconds_f64().ceil().max(1.0) as u64;
+        let wait = (retry_at - state.now()).as_seconds_f64().ceil().max(1.0) as u64;
         let event = NewAuditEvent::new("escalation.refused", actor, Outcome::Refused)
             .env(req.environment.clone())
             .detail("reason", "rate_limited")

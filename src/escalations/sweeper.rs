@@ -4,7 +4,7 @@
 use time::OffsetDateTime;
 
 use super::{SWEEP_BATCH, SWEEP_INTERVAL, announce};
-use crate::domain::{Escalation, Grant, NewAuditEvent, Outcome, now};
+use crate::domain::{Escalation, Grant, NewAuditEvent, Outcome};
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -48,7 +48,7 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = sweep(&state, now()).await {
+            if let Err(e) = sweep(&state, state.now()).await {
                 tracing::warn!(error = ?e, "escalation sweep failed; retrying");
             }
         }

@@ -67,7 +67,7 @@ async fn holder_name(state: &AppState, holder: &str) -> String {
 
 pub(super) async fn grant_view(state: &AppState, grant: Grant) -> GrantView {
     GrantView {
-        status: grant.status(now()),
+        status: grant.status(state.now()),
         holder_name: holder_name(state, &grant.holder).await,
         grant,
     }
@@ -138,8 +138,8 @@ pub async fn get(
         return Err(EscalationError::NotFound);
     }
     // Overdue but not yet swept: expire it now (audited, once), so the answer is true.
-    if e.state == EscalationState::Pending && e.expires_at <= now() {
-        sweep(state, now()).await.map_err(store_err)?;
+    if e.state == EscalationState::Pending && e.expires_at <= state.now() {
+        sweep(state, state.now()).await.map_err(store_err)?;
         e = state.store.escalation(id).await.map_err(store_err)?;
     }
     if let Some(wait) = wait.map(|w| w.min(MAX_WAIT)) {
@@ -147,7 +147,7 @@ pub async fn get(
         // A shutting-down server answers every waiter at once with the current state;
         // the caller polls again (another replica, or this one restarted).
         let mut stopping = state.stopping.subscribe();
-        while e.state == EscalationState::Pending && e.expires_at > now() {
+        while e.state == EscalationState::Pending && e.expires_at > state.now() {
             let notified = state.changes.notified();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() || *stopping.borrow_and_update() {
@@ -160,8 +160,8 @@ pub async fn get(
             }
             e = state.store.escalation(id).await.map_err(store_err)?;
         }
-        if e.state == EscalationState::Pending && e.expires_at <= now() {
-            sweep(state, now()).await.map_err(store_err)?;
+        if e.state == EscalationState::Pending && e.expires_at <= state.now() {
+            sweep(state, state.now()).await.map_err(store_err)?;
             e = state.store.escalation(id).await.map_err(store_err)?;
         }
     }
@@ -198,7 +198,7 @@ pub async fn list(
             break;
         }
         // A pending request past its deadline is expired, whether or not the sweeper has run.
-        if q.pending && e.expires_at <= now() {
+        if q.pending && e.expires_at <= state.now() {
             continue;
         }
         if may_view(state, principal, &e) {

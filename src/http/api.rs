@@ -179,7 +179,7 @@ async fn activate_totp(
     // The person just proved the code: this session counts as signed in with TOTP.
     state
         .store
-        .step_up_session(caller.0.session.id, crate::domain::now())
+        .step_up_session(caller.0.session.id, state.now())
         .await
         .map_err(|_| ApiError::Unavailable("the store is unavailable; retry shortly"))?;
     Ok(StatusCode::NO_CONTENT)

@@ -8,10 +8,10 @@ use axum::http::header;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use crate::state::AppState;
 use crate::auth::{self, Authenticated, Principal};
 use crate::config::{EnvironmentSettings, Settings};
 use crate::oauth::OAuthError;
+use crate::state::AppState;
 
 /// The environment named by the path's `{env}`, resolved once here and handed on as
 /// `&EnvironmentSettings` (which knows its own name). An unknown name is a 404 in the

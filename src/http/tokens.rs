@@ -17,8 +17,8 @@ use axum::{Json, Router};
 
 use super::error::oauth_status;
 use super::extract::EnvPath;
-use crate::state::AppState;
 use crate::oauth::{self, Endpoint, OAuthError, parse_params};
+use crate::state::AppState;
 use secrecy::ExposeSecret;
 
 /// Token routes.
@@ -41,7 +41,15 @@ async fn issue_token(
     };
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match oauth::dispatch(&state, Endpoint::Environment(env.env()), peer, &bytes, authorization).await {
+    match oauth::dispatch(
+        &state,
+        Endpoint::Environment(env.env()),
+        peer,
+        &bytes,
+        authorization,
+    )
+    .await
+    {
         Ok(issued) => no_store_json(issued),
         Err(e) => e.into_response(),
     }

@@ -58,8 +58,7 @@ fn slack_control_characters_in_user_text_are_escaped() {
 fn a_reason_cannot_inject_a_mention_a_link_or_a_line() {
     let mut n = created();
     n.reason =
-        "<!channel> approve here: <https://evil.example/approve|Approve>\n:white_check_mark: approved"
-            .into();
+        "<!channel> approve here: <https://evil.example/approve|Approve>\n:white_check_mark: approved".into();
     n.requester = "agent <!here> (cid)".into();
     n.sponsor = Some("mallory & co".into());
     let text = slack_text(&n);
@@ -90,8 +89,7 @@ fn spans(text: &str) -> (Vec<&str>, Vec<&str>) {
 fn user_text_is_an_inert_code_span_without_links_or_formatting() {
     let mut n = created();
     n.reason =
-        "*URGENT* approve at https://evil.example/approvals now _really_ ~not~ `x` www.evil.example"
-            .into();
+        "*URGENT* approve at https://evil.example/approvals now _really_ ~not~ `x` www.evil.example".into();
     n.requester = "_mallory_".into();
     n.sponsor = Some("boss@evil.example".into());
     let text = slack_text(&n);
@@ -138,9 +136,7 @@ fn the_slack_text_summarises_the_request() {
     n.scopes.push("db:drop".into());
     let text = slack_text(&n);
     assert!(
-        text.starts_with(
-            ":lock: `bob` asks for *db:write, db:drop* in *prod* for 30m: `run migration 42`"
-        ),
+        text.starts_with(":lock: `bob` asks for *db:write, db:drop* in *prod* for 30m: `run migration 42`"),
         "{text}"
     );
     assert!(text.contains("destructive: *db:drop*"), "{text}");
@@ -150,9 +146,7 @@ fn the_slack_text_summarises_the_request() {
     d.event = ESCALATION_DECIDED;
     d.state = "denied".into();
     d.actor = Some("alice".into());
-    assert!(
-        slack_text(&d).starts_with(":no_entry: `alice` denied `bob`'s request for *db:write* in *prod*")
-    );
+    assert!(slack_text(&d).starts_with(":no_entry: `alice` denied `bob`'s request for *db:write* in *prod*"));
     d.state = "approved".into();
     d.grant_ends_at = Some(time::macros::datetime!(2030-01-01 12:00 UTC));
     assert!(

@@ -10,7 +10,7 @@ use super::issue::{Holder, Issue};
 use super::refusal::{refuse, refuse_anonymous, refuse_principal, requested_for_audit};
 use super::{ClientCredentials, OAuthError, TokenResponse};
 use crate::config::EnvironmentSettings;
-use crate::domain::{Agent, NewAuditEvent, Outcome, looks_like_client_id, now};
+use crate::domain::{Agent, NewAuditEvent, Outcome, looks_like_client_id};
 use crate::policy::{self, AuthFailure, ScopeRefusal};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -92,7 +92,7 @@ pub async fn client_credentials(
     };
     let scopes = plan.wanted;
 
-    let at = now();
+    let at = state.now();
     let mut lifetime = policy::token_lifetime(env);
     if let Some(g) = &grant {
         // Invariant 6: never past the grant's end.

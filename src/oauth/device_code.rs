@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use uuid::Uuid;
 
 use super::OAuthError;
-use crate::domain::{CLI_CLIENT_ID, DeviceCode, DeviceStatus, NewAuditEvent, Outcome, SessionKind, now};
+use crate::domain::{CLI_CLIENT_ID, DeviceCode, DeviceStatus, NewAuditEvent, Outcome, SessionKind};
 use crate::people::{self, SessionTokens, USER_CODE_ALPHABET, clean_user_agent};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -41,7 +41,7 @@ pub async fn device_authorize(
     }
     let auth = &state.settings.auth;
     let device_code = people::random_token("airlock_device_").map_err(|_| OAuthError::Unavailable)?;
-    let at = now();
+    let at = state.now();
     for _ in 0..3 {
         let code = DeviceCode {
             id: Uuid::new_v4(),
@@ -102,7 +102,7 @@ pub async fn device_poll(
     if code.client_id != client_id {
         return Err(bad());
     }
-    let at = now();
+    let at = state.now();
     if at >= code.expires_at {
         return Err(OAuthError::ExpiredToken);
     }

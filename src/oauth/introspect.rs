@@ -6,7 +6,6 @@ use super::client_credentials::authenticate_client;
 use super::{ClientCredentials, OAuthError};
 use crate::auth::token_is_live;
 use crate::config::EnvironmentSettings;
-use crate::domain::now;
 use crate::state::AppState;
 use crate::token;
 use crate::wire::oauth::Introspection;
@@ -32,7 +31,7 @@ pub async fn introspect(
         &jwks,
         &env.issuer(&state.settings.public_url),
         &env.audience,
-        now().unix_timestamp(),
+        state.now().unix_timestamp(),
         0,
     ) else {
         return Ok(Introspection::inactive());

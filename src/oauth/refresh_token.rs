@@ -2,7 +2,7 @@
 //! a reused one ends the session.
 
 use super::OAuthError;
-use crate::domain::{NewAuditEvent, Outcome, SessionKind, now};
+use crate::domain::{NewAuditEvent, Outcome, SessionKind};
 use crate::people::{self, SessionTokens};
 use crate::state::AppState;
 use crate::store::{RefreshOutcome, StoreError};
@@ -40,7 +40,7 @@ pub async fn refresh(state: &AppState, presented: &str) -> Result<SessionTokens,
         .rotate_refresh_token(
             &old_hash,
             &people::hash_of(state, "refresh", &new),
-            now(),
+            state.now(),
             rotated,
             reused,
         )

@@ -82,7 +82,10 @@ pub async fn refuse_request(
 /// The requested scopes as the audit trail may record them: names from the catalogue
 /// only. SECURITY: anything else is counted, never copied, since a caller controls it
 /// (a token pasted as a scope must not reach the trail).
-pub(super) fn requested_for_audit(settings: &crate::config::Settings, scope: Option<&str>) -> serde_json::Value {
+pub(super) fn requested_for_audit(
+    settings: &crate::config::Settings,
+    scope: Option<&str>,
+) -> serde_json::Value {
     let Some(raw) = scope else {
         return serde_json::Value::Null;
     };
@@ -111,7 +114,11 @@ pub(super) async fn record(state: &AppState, event: NewAuditEvent) -> Result<(),
 
 /// Write a policy refusal of `principal` at the token endpoint, within its budget (see
 /// [`crate::refusals`]); an admitted refusal that cannot be written fails closed.
-pub(super) async fn record_refusal(state: &AppState, principal: &str, event: NewAuditEvent) -> Result<(), OAuthError> {
+pub(super) async fn record_refusal(
+    state: &AppState,
+    principal: &str,
+    event: NewAuditEvent,
+) -> Result<(), OAuthError> {
     state
         .refusals
         .record(state.store.as_ref(), principal, event)

@@ -10,7 +10,7 @@ use super::refusal::{known_scopes, record, record_refusal, refusal_error};
 use super::{ACCESS_TOKEN_TYPE, OAuthError, PROCESS_TOKEN_TYPE, TokenResponse};
 use crate::auth::{Authenticated, SessionError, authenticate_session, effective_roles};
 use crate::config::EnvironmentSettings;
-use crate::domain::{NewAuditEvent, Outcome, now};
+use crate::domain::{NewAuditEvent, Outcome};
 use crate::policy;
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -148,7 +148,7 @@ pub async fn exchange(
         Some(grant)
     };
     let scopes = plan.wanted;
-    let at = now();
+    let at = state.now();
     let mut lifetime = policy::token_lifetime(env).min(Duration::from_secs(
         (auth.session.expires_at - at).whole_seconds().max(0) as u64,
     ));
@@ -213,7 +213,7 @@ async fn bind_grant(
     let stepped_up = auth
         .session
         .stepped_up_at
-        .is_some_and(|t| t >= grant.starts_at && now() - t < state.settings.auth.step_up_lifetime);
+        .is_some_and(|t| t >= grant.starts_at && state.now() - t < state.settings.auth.step_up_lifetime);
     if !stepped_up {
         audit(refuse("step_up_required")).await?;
         return Err(OAuthError::StepUpRequired(
@@ -232,7 +232,7 @@ async fn bind_grant(
     .detail("session", auth.session.id.to_string());
     match state
         .store
-        .bind_grant_session(grant.id, auth.session.id, now(), event)
+        .bind_grant_session(grant.id, auth.session.id, state.now(), event)
         .await
     {
         Ok(()) => Ok(()),

@@ -4,7 +4,7 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use super::sign_in::{SignInError, normalize_username};
-use crate::domain::{NewAuditEvent, Outcome, User, now};
+use crate::domain::{NewAuditEvent, Outcome, User};
 use crate::password::{PasswordError, check_policy};
 use crate::state::AppState;
 use crate::store::{StoreError, UserChange};
@@ -98,7 +98,7 @@ async fn new_user(
     .map_err(ManageError::Invalid)?;
     check_roles(state, &roles)?;
     let hash = state.passwords.hash(password.clone()).await?;
-    let at = now();
+    let at = state.now();
     Ok(User {
         id: Uuid::new_v4(),
         username,

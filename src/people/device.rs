@@ -2,7 +2,7 @@
 //! and their approval or denial of it. (The CLI's side is `oauth::device_code`.)
 
 use crate::auth::Authenticated;
-use crate::domain::{DeviceCode, DeviceStatus, NewAuditEvent, Outcome, now};
+use crate::domain::{DeviceCode, DeviceStatus, NewAuditEvent, Outcome};
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -61,7 +61,7 @@ pub enum DeviceError {
 pub async fn pending_device(state: &AppState, user_code: &str) -> Result<DeviceCode, DeviceError> {
     let code = normalize_user_code(user_code).ok_or(DeviceError::Unknown)?;
     match state.store.device_code_by_user_code(&code).await {
-        Ok(c) if c.status == DeviceStatus::Pending && c.expires_at > now() => Ok(c),
+        Ok(c) if c.status == DeviceStatus::Pending && c.expires_at > state.now() => Ok(c),
         Ok(_) | Err(StoreError::NotFound) => Err(DeviceError::Unknown),
         Err(_) => Err(DeviceError::Unavailable),
     }
@@ -90,7 +90,7 @@ pub async fn decide_device(
             auth.user.id,
             approve,
             auth.session.totp_verified,
-            now(),
+            state.now(),
             event,
         )
         .await

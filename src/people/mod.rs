@@ -13,21 +13,14 @@ mod sessions;
 mod sign_in;
 mod totp;
 
-pub use admin::{
-    ManageError, bootstrap_admin, create_user, find_user, reset_user, set_user_disabled,
-};
+pub use admin::{ManageError, bootstrap_admin, create_user, find_user, reset_user, set_user_disabled};
 pub use device::{
-    DeviceError, USER_CODE_ALPHABET, clean_user_agent, decide_device, normalize_user_code,
-    pending_device,
+    DeviceError, USER_CODE_ALPHABET, clean_user_agent, decide_device, normalize_user_code, pending_device,
 };
-pub use sessions::{
-    SessionTokens, end_session, start_cli_session, start_web_session, step_up,
-};
+pub use sessions::{SessionTokens, end_session, start_cli_session, start_web_session, step_up};
 pub(crate) use sessions::{hash_of, new_session, random_token, session_event, session_tokens};
-pub use sign_in::{
-    SignInError, SignedIn, address_blocked_for, audit_throttled, normalize_username, sign_in,
-};
 pub use sign_in::verify_totp;
+pub use sign_in::{SignInError, SignedIn, address_blocked_for, audit_throttled, normalize_username, sign_in};
 pub use totp::{TotpEnrolment, confirm_totp, totp_activate, totp_begin};
 
 #[cfg(test)]

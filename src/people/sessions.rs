@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::sign_in::{SignInError, SignedIn, unavailable};
 use super::totp::confirm_totp;
 use crate::auth::{Authenticated, SessionError};
-use crate::domain::{KeySet, NewAuditEvent, Outcome, Session, SessionKind, User, now};
+use crate::domain::{KeySet, NewAuditEvent, Outcome, Session, SessionKind, User};
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::token::{self, SessionClaims};
@@ -37,7 +37,7 @@ fn session_access_token(
     user: &User,
     session: &Session,
 ) -> Result<(String, u64), SessionError> {
-    let at = now();
+    let at = state.now();
     let exp = (at + state.settings.auth.session_access_ttl).min(session.expires_at);
     let claims = SessionClaims {
         iss: state.settings.public_url.clone(),
@@ -69,7 +69,7 @@ pub(crate) fn new_session(
     secret_hash: Option<Vec<u8>>,
     totp_verified: bool,
 ) -> Session {
-    let at = now();
+    let at = state.now();
     let lifetime = match kind {
         SessionKind::Cli => state.settings.auth.session_lifetime,
         SessionKind::Web => state.settings.auth.web_session_lifetime,
@@ -166,7 +166,7 @@ pub async fn step_up(
     confirm_totp(state, peer, auth, code, "step-up").await?;
     state
         .store
-        .step_up_session(auth.session.id, now())
+        .step_up_session(auth.session.id, state.now())
         .await
         .map_err(unavailable)?;
     let event = session_event("session.stepped_up", &auth.user, &auth.session, "totp");

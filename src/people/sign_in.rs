@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::auth::Authenticated;
-use crate::domain::{NewAuditEvent, Outcome, User, now};
+use crate::domain::{NewAuditEvent, Outcome, User};
 use crate::password::{MAX_PASSWORD_LEN, PasswordError};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -141,7 +141,7 @@ pub(super) fn code_keys(state: &AppState, auth: &Authenticated, peer: Option<IpA
 /// already blocked it (checked before a request body is even parsed).
 pub fn address_blocked_for(state: &AppState, peer: Option<IpAddr>) -> Option<u64> {
     let ip = peer?;
-    let at_us = (now().unix_timestamp_nanos() / 1000) as i64;
+    let at_us = (state.now().unix_timestamp_nanos() / 1000) as i64;
     let wait = state.blocks.wait_us([address_key(ip).as_str()], at_us);
     (wait > 0).then(|| ((wait + 999_999) / 1_000_000).max(1) as u64)
 }
@@ -160,7 +160,7 @@ pub async fn audit_throttled(state: &AppState, peer: Option<IpAddr>, via: &str) 
 /// so a burst cannot slip past the limit. Returns the seconds to wait when throttled.
 pub(super) async fn count_attempt(state: &AppState, keys: &[ThrottleKey]) -> Result<(), SignInError> {
     let auth = &state.settings.auth;
-    let at_us = (now().unix_timestamp_nanos() / 1000) as i64;
+    let at_us = (state.now().unix_timestamp_nanos() / 1000) as i64;
     let window = (auth.throttle_max_delay * 2).as_micros() as i64;
     let known = state.blocks.wait_us(keys.iter().map(|k| k.key.as_str()), at_us);
     if known > 0 {
@@ -341,7 +341,7 @@ pub async fn verify_totp(state: &AppState, user: &User, code: &str) -> Result<bo
         .master
         .open(&totp_context(user.id), sealed)
         .map_err(unavailable)?;
-    let Some(step) = crate::totp::matching_step(&secret, code, now().unix_timestamp()) else {
+    let Some(step) = crate::totp::matching_step(&secret, code, state.now().unix_timestamp()) else {
         return Ok(false);
     };
     state

@@ -10,7 +10,7 @@ use super::sign_in::{
     SignInError, audit_sign_in_failure, code_keys, count_attempt, release_attempt, totp_context, verify_totp,
 };
 use crate::auth::Authenticated;
-use crate::domain::{NewAuditEvent, Outcome, now};
+use crate::domain::{NewAuditEvent, Outcome};
 use crate::state::AppState;
 use crate::store::UserChange;
 
@@ -58,7 +58,7 @@ pub async fn totp_begin(state: &AppState, auth: &Authenticated) -> Result<TotpEn
         )));
     }
     let secret = crate::totp::new_secret().map_err(|_| ManageError::Unavailable)?;
-    let mut plain = zeroize::Zeroizing::new(now().unix_timestamp().to_be_bytes().to_vec());
+    let mut plain = zeroize::Zeroizing::new(state.now().unix_timestamp().to_be_bytes().to_vec());
     plain.extend_from_slice(&secret);
     let sealed = state
         .master
@@ -110,7 +110,7 @@ pub async fn totp_activate(
     };
     let (started, secret) = plain.split_at(8.min(plain.len()));
     let started = i64::from_be_bytes(started.try_into().map_err(|_| ManageError::Unavailable)?);
-    let at = now();
+    let at = state.now();
     let lifetime = state.settings.auth.totp_enrolment_lifetime;
     if at.unix_timestamp() - started > lifetime.as_secs() as i64 {
         return Err(ManageError::Conflict(format!(

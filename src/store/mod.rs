@@ -26,10 +26,10 @@ use uuid::Uuid;
 
 use crate::domain::{Agent, AuditRecord, KeySet, KeyStatus, NewAuditEvent, StoredKey};
 
+pub use escalations::grants::GrantStore;
 pub use escalations::{
     ApproveOutcome, Creation, CreationLimit, EscalationFilter, EscalationStore, GrantFilter,
 };
-pub use escalations::grants::GrantStore;
 pub use people::devices::SignInStore;
 pub use people::{PeopleStore, RefreshOutcome, ThrottleRule, UserChange};
 pub use postgres::PgStore;

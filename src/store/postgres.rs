@@ -8,12 +8,17 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
-use super::escalations::impl_escalation_store;
 use super::escalations::grants::impl_grant_store;
+use super::escalations::impl_escalation_store;
 use super::people::devices::impl_sign_in_store;
 use super::people::impl_people_store;
 use super::sql::impl_sql_store;
 use super::{AgentCache, AuditBatcher, ConnectOptions};
+
+/// A write transaction (PostgreSQL's row locks need nothing more than `BEGIN`).
+async fn begin_write(pool: &Pool<Postgres>) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin().await
+}
 
 /// PostgreSQL implementation of [`Store`](super::Store).
 pub struct PgStore {

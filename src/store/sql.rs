@@ -214,7 +214,7 @@ macro_rules! impl_sql_store {
             events: Vec<$crate::domain::NewAuditEvent>,
         ) -> $crate::store::StoreResult<Vec<$crate::domain::AuditRecord>> {
             use $crate::store::sql::map_err;
-            let mut tx = pool.begin().await.map_err(map_err)?;
+            let mut tx = begin_write(&pool).await.map_err(map_err)?;
             let records = append_in_tx(&mut tx, events).await?;
             tx.commit().await.map_err(map_err)?;
             Ok(records)
@@ -316,7 +316,7 @@ macro_rules! impl_sql_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 sqlx::query(
                     "insert into signing_keys (kid, keyset, public_key, sealed_private_key, status, created_at) \
                      values ($1, $2, $3, $4, $5, $6)",
@@ -341,7 +341,7 @@ macro_rules! impl_sql_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 let done = sqlx::query("update signing_keys set status = $1 where kid = $2")
                     .bind(status.as_str())
                     .bind(kid)
@@ -361,7 +361,7 @@ macro_rules! impl_sql_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 sqlx::query(
                     "insert into agents (id, client_id, name, environment, allowed_scopes, default_scopes, \
                      disabled, secret_hash, created_at, updated_at, owner_user_id) \
@@ -448,7 +448,7 @@ macro_rules! impl_sql_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<$crate::domain::Agent> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 let now = $crate::domain::now();
                 let done = match change {
                     $crate::store::AgentChange::Disabled(disabled) => {

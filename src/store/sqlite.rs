@@ -8,12 +8,21 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Pool, Sqlite};
 
-use super::escalations::impl_escalation_store;
 use super::escalations::grants::impl_grant_store;
+use super::escalations::impl_escalation_store;
 use super::people::devices::impl_sign_in_store;
 use super::people::impl_people_store;
 use super::sql::impl_sql_store;
 use super::{AgentCache, AuditBatcher, ConnectOptions};
+
+/// Every write transaction takes SQLite's write lock when it begins (`BEGIN IMMEDIATE`).
+/// A deferred transaction that reads and then writes fails at once with
+/// `SQLITE_BUSY_SNAPSHOT` when another connection commits in between (WAL mode), which no
+/// busy timeout retries: the caller would get a spurious 503. Taking the lock first makes
+/// it wait its turn, up to the busy timeout, instead.
+async fn begin_write(pool: &Pool<Sqlite>) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
 
 /// SQLite implementation of [`Store`](super::Store).
 pub struct SqliteStore {

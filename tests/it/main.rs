@@ -1,27 +1,22 @@
 //! Integration tests: one binary, the real server over HTTP, a fresh database per test,
 //! every behaviour on SQLite and PostgreSQL.
+//!
+//! `support/` is the one harness; the tests are grouped by the surface they exercise.
 
-mod browser;
+mod support;
+
 mod cli;
-mod connections;
-mod contract;
-mod edge_hygiene;
-mod escalation_cli;
-mod escalation_props;
-mod escalation_store;
-mod escalation_support;
-mod escalations;
-mod failclosed;
-mod flood_limits;
-mod hardening;
-mod harness;
-mod introspection;
-mod invariant2;
-mod owners_and_csrf;
-mod people;
-mod people_cli;
-mod person_hardening;
-mod session_cli;
-mod stepup;
-mod tokens;
-mod webhooks;
+mod invariants;
+mod oauth;
+mod server;
+mod store;
+mod v1;
+mod web;
+mod wire_snapshot;
+
+// The harness's paths before it became `support`, for branches written against them.
+// New code names `crate::support`; these go once those branches are merged.
+#[allow(unused_imports)]
+use support as escalation_support;
+#[allow(unused_imports)]
+use support as harness;

@@ -66,7 +66,7 @@ macro_rules! impl_grant_store {
                 event: $crate::store::escalations::EventFor<$crate::domain::Escalation>,
             ) -> $crate::store::StoreResult<Vec<$crate::domain::Escalation>> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 // The update takes each row's lock; a row another process expired first no
                 // longer matches `state = 'pending'`, so each request expires once.
                 let ids: Vec<(uuid::Uuid,)> = sqlx::query_as(
@@ -99,7 +99,7 @@ macro_rules! impl_grant_store {
                 event: $crate::store::escalations::EventFor<$crate::domain::Grant>,
             ) -> $crate::store::StoreResult<Vec<$crate::domain::Grant>> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 let ids: Vec<(uuid::Uuid,)> = sqlx::query_as(
                     "update grants set end_recorded = true \
                      where id in (select id from grants where end_recorded = false and ends_at <= $1 \
@@ -180,7 +180,7 @@ macro_rules! impl_grant_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 let g = esc_fetch_grant(&mut tx, grant_id).await?;
                 if g.session_id == Some(session_id) {
                     return Ok(());
@@ -212,7 +212,7 @@ macro_rules! impl_grant_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<$crate::domain::Grant> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 let done = sqlx::query(
                     "update grants set revoked_at = $1, revoked_by = $2, revoked_reason = $3 \
                      where id = $4 and revoked_at is null and ends_at > $1",

@@ -451,7 +451,7 @@ macro_rules! impl_escalation_store {
                 events: Vec<$crate::domain::NewAuditEvent>,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 esc_insert(&mut tx, e, grant, events).await?;
                 tx.commit().await.map_err(map_err)
             }
@@ -464,7 +464,7 @@ macro_rules! impl_escalation_store {
                 limit: $crate::store::escalations::CreationLimit,
             ) -> $crate::store::StoreResult<$crate::store::escalations::Creation> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 // The audit chain's lock first (the row lock on Postgres, the write lock on
                 // SQLite): creations of every replica are counted one after the other.
                 sqlx::query("update audit_head set seq = seq where id = 1")
@@ -557,7 +557,7 @@ macro_rules! impl_escalation_store {
             ) -> $crate::store::StoreResult<$crate::store::escalations::ApproveOutcome> {
                 use $crate::store::escalations::ApproveOutcome;
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 let current = esc_lock_pending(&mut tx, id, at).await?;
                 if current.approvals.iter().any(|a| a.approver_id == approval.approver_id) {
                     return Ok(ApproveOutcome::AlreadyApproved(current));
@@ -629,7 +629,7 @@ macro_rules! impl_escalation_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<$crate::domain::Escalation> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 esc_lock_pending(&mut tx, id, at).await?;
                 sqlx::query(
                     "update escalations set state = $1, decided_at = $2, decided_by = $3, decision_reason = $4 \

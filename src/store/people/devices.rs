@@ -65,7 +65,7 @@ macro_rules! impl_sign_in_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 sqlx::query(
                     "insert into device_codes (id, device_code_hash, user_code, client_id, status, interval_secs, \
                      created_at, expires_at, client_address, client_user_agent) \
@@ -144,7 +144,7 @@ macro_rules! impl_sign_in_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 let done = sqlx::query(
                     "update device_codes set status = $1, user_id = $2, totp_verified = $3 \
                      where id = $4 and status = 'pending' and expires_at > $5",
@@ -172,7 +172,7 @@ macro_rules! impl_sign_in_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 // The session first: device_codes.session_id references it. If the code
                 // was already redeemed, the update below matches nothing and the whole
                 // transaction, session included, is rolled back.

@@ -108,7 +108,6 @@ pub trait PeopleStore: Send + Sync {
         rotated: NewAuditEvent,
         reused: NewAuditEvent,
     ) -> StoreResult<RefreshOutcome>;
-
 }
 
 #[derive(sqlx::FromRow)]
@@ -331,7 +330,7 @@ macro_rules! impl_people_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 insert_user(&mut tx, user).await?;
                 append_in_tx(&mut tx, vec![event]).await?;
                 tx.commit().await.map_err(map_err)
@@ -344,7 +343,7 @@ macro_rules! impl_people_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 // The audit head lock first: it serialises concurrent bootstraps.
                 append_in_tx(&mut tx, vec![event]).await?;
                 let roles: Vec<(String,)> = sqlx::query_as("select roles from users")
@@ -405,7 +404,7 @@ macro_rules! impl_people_store {
             ) -> $crate::store::StoreResult<$crate::domain::User> {
                 use $crate::store::people::UserChange;
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 let now = $crate::domain::now();
                 let done = match &change {
                     UserChange::Disabled(d) => {
@@ -499,7 +498,7 @@ macro_rules! impl_people_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 insert_session(&mut tx, session, refresh_hash).await?;
                 append_in_tx(&mut tx, vec![event]).await?;
                 tx.commit().await.map_err(map_err)
@@ -553,7 +552,7 @@ macro_rules! impl_people_store {
                 event: $crate::domain::NewAuditEvent,
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 let done = sqlx::query(
                     "update sessions set revoked_at = $1, revoked_reason = $2 where id = $3 and revoked_at is null",
                 )
@@ -588,7 +587,7 @@ macro_rules! impl_people_store {
             ) -> $crate::store::StoreResult<$crate::store::people::RefreshOutcome> {
                 use $crate::store::people::RefreshOutcome;
                 use $crate::store::sql::map_err;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin_write(&self.pool).await.map_err(map_err)?;
                 // Atomic test-and-set: of two concurrent uses, exactly one rotates.
                 let fresh: Option<uuid::Uuid> = sqlx::query_scalar(
                     "update refresh_tokens set used_at = $1 where token_hash = $2 and used_at is null \

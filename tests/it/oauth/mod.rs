@@ -1,0 +1,4 @@
+//! The OAuth endpoints as agents and resource servers use them.
+
+mod client_credentials;
+mod introspection;

@@ -1,0 +1,4 @@
+//! The `Store` contract, checked the same way on SQLite and PostgreSQL.
+
+mod contract;
+mod escalations;
