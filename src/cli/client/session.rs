@@ -175,11 +175,13 @@ pub async fn whoami(json_out: bool) -> anyhow::Result<ExitCode> {
                 "not enrolled"
             }
         );
-        // The end as the API sends it (a JSON string, quotes included).
-        let ends = serde_json::to_value(&me.session)
-            .map(|s| s["expires_at"].to_string())
+        // The end as the API sends it, in quotes, as this line has always shown it.
+        let ends = me
+            .session
+            .expires_at
+            .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        println!("session:   {} (ends {ends})", me.session.id);
+        println!("session:   {} (ends \"{ends}\")", me.session.id);
     }
     Ok(ExitCode::SUCCESS)
 }
